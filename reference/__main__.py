@@ -1,0 +1,5 @@
+import sys
+
+from reference.server import main
+
+sys.exit(main())

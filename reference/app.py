@@ -1,0 +1,237 @@
+"""The Starlette application: routes of protocol.md §2-§4 and the instance's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from reference import store
+from reference.auth import Authenticator, bearer_token
+from reference.faults import Fault
+from reference.gate import Gate
+from reference.metrics import Metrics
+from reference.provider import ProviderClient
+from reference.registry import STOP_CHANNEL, Registry
+from reference.runner import RunDriver
+from reference.runtime import Runtime
+from reference.schema import RUN_STATUSES, apply_schema
+from reference.settings import Settings
+from reference.stream_response import RunStreamResponse
+from reference.turn import start_turn
+from reference.turn_input import parse_turn
+from reference.web import (HttpError, bad_request, forbidden, ok, parse_uuid, read_json_object,
+                           unauthorized)
+
+log = logging.getLogger(__name__)
+
+
+def _rt(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+async def _user(request: Request) -> UUID:
+    token = bearer_token(request.headers.get("authorization"))
+    user = await _rt(request).auth.user_for(token)
+    if user is None:
+        raise unauthorized()
+    return user
+
+
+async def _own_chat(rt: Runtime, chat_id: UUID, user_id: UUID) -> None:
+    async with rt.pool.connection() as conn:
+        if await store.chat_owner(conn, chat_id) != user_id:
+            raise forbidden()
+
+
+async def stream(request: Request) -> Response:
+    rt = _rt(request)
+    user_id = await _user(request)
+    turn = parse_turn(await read_json_object(request, rt.settings.max_body_bytes))
+    run = await start_turn(rt, user_id, turn)
+    return RunStreamResponse(run, rt.registry, rt.settings)
+
+
+async def stop(request: Request) -> Response:
+    rt = _rt(request)
+    user_id = await _user(request)
+    body = await read_json_object(request, rt.settings.max_body_bytes)
+    run_id = parse_uuid(body.get("runId"), "runId", required=False)
+    chat_id = parse_uuid(body.get("chatId"), "chatId", required=False)
+    if run_id is None and chat_id is None:
+        raise bad_request("runId or chatId: one is required")
+    return ok({"stopped": await _stop(rt, user_id, run_id, chat_id)})
+
+
+async def _stop(rt: Runtime, user_id: UUID, run_id: UUID | None, chat_id: UUID | None) -> bool:
+    if run_id is not None:
+        local = rt.registry.runs.get(run_id)
+        if local is not None:  # live here: no database read needed to find it
+            if local.user_id != user_id or (chat_id is not None and local.chat_id != chat_id):
+                raise forbidden()
+            return await rt.registry.stop_local(local, "stopped by user")
+        async with rt.pool.connection() as conn:
+            row = await store.run_for_stop(conn, run_id)
+        if row is None or row["creator_id"] != user_id or (
+                chat_id is not None and row["chat_id"] != chat_id):
+            raise forbidden()
+    else:
+        assert chat_id is not None
+        await _own_chat(rt, chat_id, user_id)
+        for live in list(rt.registry.runs.values()):
+            if live.chat_id == chat_id and not live.settled.is_set():
+                return await rt.registry.stop_local(live, "stopped by user")
+        async with rt.pool.connection() as conn:
+            row = await store.active_run_for_stop(conn, chat_id)
+        if row is None:
+            return False
+    if row["status"] not in ("pending", "running") and Fault.LATE_WRITE_OVERWRITES not in (
+            rt.settings.faults):
+        return False
+    if row["expired"]:
+        # Nobody renews this run's lease: its owner is gone, so end it here.
+        return await rt.gate.abort_orphan(row["id"], "stopped by user (owner lease expired)")
+    marked = await rt.gate.mark_stop_requested(row["id"])
+    if marked and rt.settings.stop_notify:
+        await rt.gate.notify_stop(row["id"])
+    return marked
+
+
+async def latest_run(request: Request) -> Response:
+    rt = _rt(request)
+    user_id = await _user(request)
+    body = await read_json_object(request, rt.settings.max_body_bytes)
+    chat_id = parse_uuid(body.get("chatId"), "chatId", required=True)
+    assert chat_id is not None
+    await _own_chat(rt, chat_id, user_id)
+    async with rt.pool.connection() as conn:
+        run, message = await store.latest_run(conn, chat_id)
+    return ok({"run": run, "message": message})
+
+
+async def list_runs(request: Request) -> Response:
+    rt = _rt(request)
+    user_id = await _user(request)
+    chat_id = parse_uuid(request.query_params.get("chatId"), "chatId", required=True)
+    assert chat_id is not None
+    status = request.query_params.get("status") or None
+    if status is not None and status not in RUN_STATUSES:
+        raise bad_request(f"status: expected one of {', '.join(RUN_STATUSES)}")
+    await _own_chat(rt, chat_id, user_id)
+    async with rt.pool.connection() as conn:
+        items = await store.list_runs(conn, chat_id, status)
+    return ok({"items": items})
+
+
+async def healthz(request: Request) -> Response:
+    rt = _rt(request)
+    body: dict[str, Any] = {
+        "status": "ok", "instance": rt.settings.instance_id,
+        "faults": sorted(f.value for f in rt.settings.faults),
+        "autonomousRuns": rt.settings.autonomous_runs,
+    }
+    try:
+        async with rt.pool.connection(timeout=2.0) as conn:
+            await conn.execute("SELECT 1")
+    except (psycopg.Error, OSError):
+        body["status"] = "unavailable"
+        return JSONResponse(body, status_code=503)
+    return JSONResponse(body)
+
+
+async def metrics(request: Request) -> Response:
+    return PlainTextResponse(_rt(request).metrics.render(),
+                             media_type="text/plain; version=0.0.4")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return exc.response()
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"statusCode": exc.status_code, "message": exc.detail},
+                        status_code=exc.status_code)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    log.error("database error on %s: %s", request.url.path, type(exc).__name__)
+    return JSONResponse({"statusCode": 503, "message": "Service unavailable",
+                         "code": "A_UNAVAILABLE"}, status_code=503)
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSONResponse({"statusCode": 500, "message": "Internal server error"}, status_code=500)
+
+
+def create_app(settings: Settings, *,
+               provider_transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """The reference server for ``settings``; ``provider_transport`` is for tests (respx)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.faults:
+            log.warning("!" * 72)
+            log.warning("FAULTS ENABLED: %s — this server is deliberately broken",
+                        ", ".join(sorted(f.value for f in settings.faults)))
+            log.warning("!" * 72)
+        pool = AsyncConnectionPool(settings.database_url, min_size=settings.pool_min_size,
+                                   max_size=settings.pool_max_size,
+                                   timeout=settings.pool_timeout_s, open=False,
+                                   name=f"reference-{settings.instance_id}")
+        await pool.open(wait=True, timeout=30.0)
+        try:
+            if settings.apply_schema:
+                async with pool.connection() as conn:
+                    await apply_schema(conn, settings.faults)
+            gate = Gate(pool, instance_id=settings.instance_id, lease_s=settings.lease_s,
+                        faults=settings.faults)
+            provider = ProviderClient(settings, transport=provider_transport)
+            metrics_ = Metrics()
+            registry = Registry(settings, gate, metrics_)
+            metrics_.active_runs = registry.active_count
+            app.state.runtime = Runtime(
+                settings=settings, pool=pool, gate=gate, provider=provider, metrics=metrics_,
+                registry=registry, driver=RunDriver(gate, provider, metrics_, settings.faults),
+                auth=Authenticator(pool))
+            registry.start()
+            log.info("reference instance %s ready (stop channel %s%s)", settings.instance_id,
+                     STOP_CHANNEL, "" if settings.stop_notify else ", notifications off")
+            try:
+                yield
+            finally:
+                await registry.close()
+                await provider.aclose()
+        finally:
+            await pool.close()
+
+    return Starlette(
+        routes=[
+            Route("/api/ai-chat/stream", stream, methods=["POST"]),
+            Route("/api/ai-chat/stop", stop, methods=["POST"]),
+            Route("/api/ai-chat/run", latest_run, methods=["POST"]),
+            Route("/api/ai-chat/runs", list_runs, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={
+            HttpError: _http_error,
+            HTTPException: _starlette_error,
+            psycopg.Error: _database_error,
+            Exception: _crash,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,313 @@
+"""The gate: every SQL statement that creates, guards or ends a run lives here.
+
+Theory of operation
+-------------------
+A chat may hold at most one *active* run (``pending`` or ``running``). Two guards exist:
+
+1. ``precheck`` — a fast read that answers 409 early for the common case (a second click after
+   the first turn has started). It also reclaims a holder whose lease expired (its process died).
+   It is only an optimisation: two simultaneous turns can both pass it.
+2. ``begin`` — the authoritative gate: an INSERT of the run row, committed at once. The partial
+   unique index ``ai_chat_runs_one_active_per_chat`` lets exactly one INSERT win; every other
+   gets SQLSTATE 23505 *on that index*, which becomes :class:`RunAlreadyActiveError`. Any other
+   failure (another constraint, the database down) is :class:`RunBeginFailedError` — the caller
+   must then answer 503 and never stream without a run row.
+
+Terminal writes are compare-and-set (``WHERE id = %s AND status IN ('pending','running')``), so
+a late writer never overwrites a final status or touches a newer run.
+
+The fault switches that live here are marked ``# FAULT:``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncio
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from reference.errors import RunAlreadyActiveError, RunBeginFailedError
+from reference.faults import Fault
+from reference.schema import GATE_INDEX
+
+log = logging.getLogger(__name__)
+
+AsyncConn = psycopg.AsyncConnection[Any]
+
+_ACTIVE = "status IN ('pending', 'running')"
+
+_RECLAIM_AND_PRECHECK = f"""
+WITH reclaimed AS (
+    UPDATE ai_chat_runs
+       SET status = 'aborted', error = 'lease expired',
+           finished_at = now(), updated_at = now()
+     WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND lease_expires_at < now()
+ RETURNING id
+)
+SELECT (SELECT count(*) FROM reclaimed) AS reclaimed,
+       (SELECT id FROM ai_chat_runs
+         WHERE chat_id = %(chat_id)s AND {_ACTIVE}
+           AND id NOT IN (SELECT id FROM reclaimed)
+         ORDER BY created_at DESC, id DESC LIMIT 1) AS active_id
+"""
+
+_INSERT_RUN = """
+INSERT INTO ai_chat_runs
+       (id, chat_id, created_by, status, started_at, owner_instance, lease_expires_at)
+VALUES (%(id)s, %(chat_id)s, %(user_id)s, 'running', now(), %(instance)s,
+        CASE WHEN %(lease_s)s::float8 IS NULL THEN NULL
+             ELSE now() + make_interval(secs => %(lease_s)s::float8) END)
+RETURNING id
+"""
+
+_ACTIVE_HOLDER = f"""
+SELECT id FROM ai_chat_runs WHERE chat_id = %s AND {_ACTIVE}
+ ORDER BY created_at DESC, id DESC LIMIT 1
+"""
+
+
+@dataclass
+class Claim:
+    """A won gate: the run row exists (committed, unless the claim-held-open fault holds it)."""
+
+    run_id: UUID
+    chat_id: UUID
+    # FAULT claim-held-open: the connection whose transaction still holds the INSERT.
+    held_conn: AsyncConn | None = None
+    held_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class PrecheckResult:
+    reclaimed: int
+
+
+class Gate:
+    """Run SQL bound to one pool and one instance's settings."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, instance_id: str, lease_s: float,
+                 faults: frozenset[Fault]) -> None:
+        self.pool = pool
+        self.instance_id = instance_id
+        self.lease_s = lease_s
+        self.faults = faults
+
+    # -- guards ---------------------------------------------------------------------------
+
+    async def precheck(self, chat_id: UUID) -> PrecheckResult:
+        """Reclaim an expired holder, then raise if an active run remains (the fast path)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_RECLAIM_AND_PRECHECK, {"chat_id": chat_id})
+            reclaimed, active_id = await cur.fetchone()  # type: ignore[misc]
+        if reclaimed:
+            log.warning("reclaimed %d run(s) with an expired lease on chat %s", reclaimed, chat_id)
+        if active_id is not None:
+            raise RunAlreadyActiveError(chat_id, active_id, "precheck")
+        return PrecheckResult(reclaimed=reclaimed)
+
+    async def begin(self, *, chat_id: UUID, user_id: UUID,
+                    run_id: UUID | None = None) -> Claim | None:
+        """Insert the run row; the unique index decides who wins.
+
+        Returns the claim, or ``None`` only under the swallow-unique-violation fault.
+        """
+        params = {
+            "id": run_id or uuid4(), "chat_id": chat_id, "user_id": user_id,
+            "instance": self.instance_id,
+            "lease_s": None if Fault.NO_LEASE in self.faults else self.lease_s,  # FAULT: no-lease
+        }
+        if Fault.CLAIM_HELD_OPEN in self.faults:
+            return await self._begin_held_open(params)
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(_INSERT_RUN, params)
+                row = await cur.fetchone()
+        except pgerrors.UniqueViolation as exc:
+            if exc.diag.constraint_name != GATE_INDEX:
+                raise RunBeginFailedError(
+                    f"run insert violated {exc.diag.constraint_name!r}") from exc
+            if Fault.SWALLOW_UNIQUE_VIOLATION in self.faults:
+                # FAULT: swallow-unique-violation — the original #184 bug.
+                log.warning("begin: unique violation ignored (fault), streaming untracked")
+                return None
+            raise RunAlreadyActiveError(chat_id, await self.active_holder(chat_id), "gate") from exc
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            raise RunBeginFailedError(f"run insert failed: {type(exc).__name__}") from exc
+        assert row is not None
+        return Claim(run_id=row[0], chat_id=chat_id)
+
+    async def _begin_held_open(self, params: dict[str, Any]) -> Claim:
+        # FAULT: claim-held-open — the INSERT runs in a transaction that stays open while the
+        # provider streams; every loser's INSERT then waits on the index instead of failing.
+        try:
+            conn = await self.pool.getconn()
+        except Exception as exc:  # noqa: BLE001 - pool timeout or connection failure
+            raise RunBeginFailedError(f"no database connection: {type(exc).__name__}") from exc
+        try:
+            cur = await conn.execute(_INSERT_RUN, params)
+            row = await cur.fetchone()
+        except BaseException as exc:
+            await conn.rollback()
+            await self.pool.putconn(conn)
+            if isinstance(exc, pgerrors.UniqueViolation) and exc.diag.constraint_name == GATE_INDEX:
+                raise RunAlreadyActiveError(
+                    params["chat_id"], await self.active_holder(params["chat_id"]), "gate"
+                ) from exc
+            if isinstance(exc, psycopg.Error):
+                raise RunBeginFailedError(f"run insert failed: {type(exc).__name__}") from exc
+            raise
+        assert row is not None
+        return Claim(run_id=row[0], chat_id=params["chat_id"], held_conn=conn)
+
+    async def active_holder(self, chat_id: UUID) -> UUID | None:
+        """The id of the chat's active run, looked up after a gate conflict (None if it ended)."""
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,))
+                row = await cur.fetchone()
+        except psycopg.Error:
+            log.exception("could not look up the active holder of chat %s", chat_id)
+            return None
+        return None if row is None else row[0]
+
+    # -- the run's own connection ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def connection(self, claim: Claim | None) -> AsyncIterator[AsyncConn]:
+        """A connection for the run's writes: a transaction committed at exit.
+
+        Under claim-held-open the run's open transaction is used instead (not committed here).
+        """
+        if claim is not None and claim.held_conn is not None:
+            async with claim.held_lock:
+                yield claim.held_conn
+            return
+        async with self.pool.connection() as conn:
+            yield conn
+
+    async def release_claim(self, claim: Claim | None) -> None:
+        """End the claim-held-open transaction (commit) and return its connection."""
+        if claim is None or claim.held_conn is None:
+            return
+        conn, claim.held_conn = claim.held_conn, None
+        try:
+            await conn.commit()
+        except psycopg.Error:
+            log.exception("commit of held claim %s failed", claim.run_id)
+        finally:
+            await self.pool.putconn(conn)
+
+    # -- terminal writes --------------------------------------------------------------------
+
+    async def settle(self, claim: Claim, *, status: str, error: str | None, content: str,
+                     message_id: UUID | None, message_status: str, step_count: int,
+                     stop_requested: bool) -> bool:
+        """Write the run's terminal status and its message; True iff this call ended the run."""
+        cas = "" if Fault.LATE_WRITE_OVERWRITES in self.faults else f" AND {_ACTIVE}"
+        async with self.connection(claim) as conn:
+            cur = await conn.execute(
+                f"""UPDATE ai_chat_runs
+                       SET status = %(status)s, error = %(error)s, step_count = %(steps)s,
+                           finished_at = now(), updated_at = now(),
+                           stop_requested_at = CASE WHEN %(stop)s
+                               THEN coalesce(stop_requested_at, now())
+                               ELSE stop_requested_at END
+                     WHERE id = %(id)s{cas}
+                 RETURNING id""",
+                {"status": status, "error": error, "steps": step_count,
+                 "stop": stop_requested, "id": claim.run_id},
+            )
+            ended = await cur.fetchone() is not None
+            if ended and message_id is not None:
+                msg_cas = "" if cas == "" else " AND status = 'streaming'"
+                await conn.execute(
+                    f"""UPDATE ai_chat_messages SET content = %s, status = %s, updated_at = now()
+                         WHERE id = %s{msg_cas}""",
+                    (content, message_status, message_id),
+                )
+        return ended
+
+    async def mark_stop_requested(self, run_id: UUID) -> bool:
+        """Stop a run owned by another instance: mark it; the owner hears and ends it."""
+        async with self.pool.connection() as conn:
+            if Fault.LATE_WRITE_OVERWRITES in self.faults:
+                # FAULT: late-write-overwrites — the stop writes `aborted` with no status check.
+                cur = await conn.execute(
+                    """UPDATE ai_chat_runs SET status = 'aborted', error = 'stopped by user',
+                              stop_requested_at = now(), finished_at = now(), updated_at = now()
+                        WHERE id = %s RETURNING id""", (run_id,))
+                return await cur.fetchone() is not None
+            cur = await conn.execute(
+                f"""UPDATE ai_chat_runs SET stop_requested_at = now(), updated_at = now()
+                     WHERE id = %s AND {_ACTIVE} AND stop_requested_at IS NULL
+                 RETURNING id""", (run_id,))
+            return await cur.fetchone() is not None
+
+    async def abort_orphan(self, run_id: UUID, reason: str) -> bool:
+        """End an active run whose owner's lease expired (nobody is streaming it)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"""UPDATE ai_chat_runs
+                       SET status = 'aborted', error = %s, finished_at = now(), updated_at = now(),
+                           stop_requested_at = coalesce(stop_requested_at, now())
+                     WHERE id = %s AND {_ACTIVE} AND lease_expires_at < now()
+                 RETURNING assistant_message_id""", (reason, run_id))
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            if row[0] is not None:
+                await conn.execute(
+                    """UPDATE ai_chat_messages SET status = 'aborted', updated_at = now()
+                        WHERE id = %s AND status = 'streaming'""", (row[0],))
+        return True
+
+    # -- liveness -------------------------------------------------------------------------
+
+    async def renew_leases(self, run_ids: list[UUID]) -> dict[UUID, bool]:
+        """Extend the leases of live runs; returns id -> stop requested, for rows still active."""
+        if not run_ids:
+            return {}
+        lease = "lease_expires_at" if Fault.NO_LEASE in self.faults else (
+            "now() + make_interval(secs => %(lease_s)s::float8)")
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"""UPDATE ai_chat_runs SET lease_expires_at = {lease}, updated_at = now()
+                     WHERE id = ANY(%(ids)s) AND {_ACTIVE}
+                 RETURNING id, stop_requested_at IS NOT NULL""",
+                {"ids": run_ids, "lease_s": self.lease_s})
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def reap_expired(self) -> list[UUID]:
+        """Abort every active run whose lease expired (its owner died); returns their ids."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"""UPDATE ai_chat_runs
+                       SET status = 'aborted', error = 'lease expired',
+                           finished_at = now(), updated_at = now()
+                     WHERE {_ACTIVE} AND lease_expires_at < now()
+                 RETURNING id, assistant_message_id""")
+            rows = await cur.fetchall()
+            msg_ids = [r[1] for r in rows if r[1] is not None]
+            if msg_ids:
+                await conn.execute(
+                    """UPDATE ai_chat_messages SET status = 'aborted', updated_at = now()
+                        WHERE id = ANY(%s) AND status = 'streaming'""", (msg_ids,))
+        return [r[0] for r in rows]
+
+    async def notify_stop(self, run_id: UUID) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("SELECT pg_notify('ai_chat_run_stop', %s)", (str(run_id),))
+
+
+async def fetch_one_dict(conn: AsyncConn, query: str, params: Any = None) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, params)
+        return await cur.fetchone()

@@ -1,0 +1,156 @@
+"""The instance's live runs and its background duties: heartbeat, reaper, stop notifications.
+
+- Heartbeat: one statement renews the lease of every live run of this instance; a row that
+  reports ``stop_requested_at`` (the poll fallback of a cross-instance stop) or is no longer
+  active stops the local run.
+- Reaper: aborts active runs whose lease expired (their process died).
+- Listener: ``LISTEN ai_chat_run_stop``; a notification naming a local run stops it at once.
+- Shutdown: aborts this instance's own runs, never another instance's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from uuid import UUID
+
+import psycopg
+
+from reference.gate import Gate
+from reference.metrics import Metrics
+from reference.runner import LiveRun
+from reference.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STOP_CHANNEL = "ai_chat_run_stop"
+
+
+class Registry:
+    def __init__(self, settings: Settings, gate: Gate, metrics: Metrics) -> None:
+        self.settings = settings
+        self.gate = gate
+        self.metrics = metrics
+        self.runs: dict[UUID, LiveRun] = {}
+        self.untracked: set[LiveRun] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self.listening = asyncio.Event()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def launch(self, run: LiveRun, drive: Callable[[LiveRun], Awaitable[None]]) -> None:
+        """Start the run's driver as a task owned by the instance."""
+        if run.run_id is not None:
+            self.runs[run.run_id] = run
+        else:
+            self.untracked.add(run)
+
+        async def _owned() -> None:
+            try:
+                await drive(run)
+            finally:
+                if run.run_id is not None:
+                    self.runs.pop(run.run_id, None)
+                self.untracked.discard(run)
+
+        task = asyncio.create_task(_owned(), name=f"run-{run.run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def active_count(self) -> int:
+        return len(self.runs) + len(self.untracked)
+
+    async def stop_local(self, run: LiveRun, reason: str) -> bool:
+        """Stop a run of this instance; True iff this call aborted it."""
+        if not run.request_stop(reason):
+            return False
+        try:
+            await asyncio.wait_for(run.settled.wait(), self.settings.stop_wait_s)
+        except TimeoutError:
+            log.error("run %s did not settle within %.1fs of a stop", run.run_id,
+                      self.settings.stop_wait_s)
+            return False
+        return run.ended_by_us and run.outcome == "aborted"
+
+    async def abort_all(self, reason: str) -> None:
+        """End every run of this instance as ``aborted`` (SIGTERM); other instances' untouched."""
+        runs = [*self.runs.values(), *self.untracked]
+        if not runs:
+            return
+        log.warning("aborting %d run(s) of this instance: %s", len(runs), reason)
+        for run in runs:
+            run.request_stop(reason)
+        await asyncio.wait([asyncio.create_task(r.done.wait()) for r in runs],
+                           timeout=self.settings.stop_wait_s)
+
+    def on_stop_notice(self, run_id: UUID) -> None:
+        run = self.runs.get(run_id)
+        if run is not None:
+            run.request_stop("stopped by user")
+
+    # -- background duties ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loops.append(asyncio.create_task(self._every(
+            self.settings.heartbeat_interval_s, self.heartbeat), name="heartbeat"))
+        self._loops.append(asyncio.create_task(self._every(
+            self.settings.reaper_interval_s, self.reap), name="reaper"))
+        if self.settings.stop_notify:
+            self._loops.append(asyncio.create_task(self._listen(), name="stop-listener"))
+
+    async def close(self) -> None:
+        await self.abort_all("server shutting down")
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops.clear()
+
+    async def _every(self, interval_s: float, duty: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await duty()
+            except (psycopg.Error, OSError):
+                log.exception("%s failed; retrying in %.1fs", duty.__name__, interval_s)
+
+    async def heartbeat(self) -> None:
+        live = {rid: run for rid, run in self.runs.items()
+                if run.claim is not None and run.claim.held_conn is None}
+        if not live:
+            return
+        rows = await self.gate.renew_leases(list(live))
+        for run_id, run in live.items():
+            if run_id not in rows:
+                if not run.settled.is_set():
+                    run.request_stop("run ended elsewhere")
+            elif rows[run_id]:
+                run.request_stop("stopped by user")
+
+    async def reap(self) -> None:
+        reaped = await self.gate.reap_expired()
+        if reaped:
+            self.metrics.runs_reaped += len(reaped)
+            log.warning("reaped %d run(s) whose lease expired: %s", len(reaped),
+                        ", ".join(map(str, reaped)))
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.settings.database_url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {STOP_CHANNEL}")
+                    self.listening.set()
+                    async for notice in conn.notifies():
+                        try:
+                            self.on_stop_notice(UUID(notice.payload))
+                        except ValueError:
+                            log.warning("ignored a malformed stop notice")
+            except (psycopg.Error, OSError):
+                self.listening.clear()
+                log.exception("stop listener lost its connection; reconnecting")
+                await asyncio.sleep(1.0)

@@ -1,0 +1,192 @@
+"""One run, driven to a terminal state: provider call, token relay, stop, settle, frames.
+
+A run is a task owned by the instance (see ``registry.py``), not by the HTTP response: the
+response only reads its frames. So a client disconnect can leave the run going
+(``AUTONOMOUS_RUNS=true``) or stop it, and either way the run ends in a terminal status.
+
+Order at the end: the terminal write first, then the terminal frame and ``[DONE]``, so a client
+that has seen the end of the stream can start the next turn at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from uuid import UUID, uuid4
+
+import psycopg
+
+from reference import frames, store
+from reference.errors import ProviderError
+from reference.faults import Fault
+from reference.gate import Claim, Gate
+from reference.metrics import Metrics
+from reference.provider import ProviderClient, ProviderStream
+
+log = logging.getLogger(__name__)
+
+_FRAME_END = None  # queue sentinel: the stream is over
+
+
+@dataclass(eq=False)
+class LiveRun:
+    """A run streaming in this instance. ``claim`` is None only on the untracked fault paths."""
+
+    chat_id: UUID
+    user_id: UUID
+    claim: Claim | None
+    message_id: UUID | None
+    provider_stream: ProviderStream | None = None  # pre-opened (provider-before-gate fault)
+    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    attached: bool = True
+    stop_reason: str | None = None
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    ended_by_us: bool = False
+    outcome: str | None = None
+    part_id: str = field(default_factory=lambda: f"txt-{uuid4().hex[:12]}")
+
+    @property
+    def run_id(self) -> UUID | None:
+        return None if self.claim is None else self.claim.run_id
+
+    def emit(self, data: bytes | None) -> None:
+        if self.attached:
+            self.queue.put_nowait(data)
+
+    def detach(self) -> None:
+        """The reader is gone: stop queueing frames nobody will read."""
+        self.attached = False
+
+    def request_stop(self, reason: str) -> bool:
+        """Ask the run to stop; True for the first request only."""
+        if self.stop_event.is_set() or self.settled.is_set():
+            return False
+        self.stop_reason = reason
+        self.stop_event.set()
+        return True
+
+
+class RunDriver:
+    def __init__(self, gate: Gate, provider: ProviderClient, metrics: Metrics,
+                 faults: frozenset[Fault]) -> None:
+        self.gate = gate
+        self.provider = provider
+        self.metrics = metrics
+        self.faults = faults
+
+    async def drive(self, run: LiveRun) -> None:
+        content: list[str] = []
+        text_started = False
+        status, error = "succeeded", None
+        stream = run.provider_stream
+
+        async def relay() -> None:
+            nonlocal stream, text_started
+            if stream is None:
+                async with self.gate.connection(run.claim) as conn:
+                    messages = await store.history(conn, run.chat_id, run.message_id)
+                self.metrics.provider_calls += 1
+                stream = await self.provider.open(messages)
+            async for token in stream.tokens():
+                if not text_started:
+                    text_started = True
+                    run.emit(frames.frame("text-start", id=run.part_id))
+                content.append(token)
+                run.emit(frames.text_delta(run.part_id, token))
+
+        run.emit(frames.frame("start-step"))
+        relay_task = asyncio.create_task(relay())
+        stop_task = asyncio.create_task(run.stop_event.wait())
+        try:
+            await asyncio.wait({relay_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if relay_task.done():
+                status, error = _relay_outcome(relay_task)
+            elif Fault.STOP_IGNORES_PROVIDER in self.faults:
+                # FAULT: stop-ignores-provider — the row is marked, the provider keeps streaming.
+                status, error = "aborted", run.stop_reason
+                await self._settle(run, status, error, content)
+                with contextlib.suppress(Exception):
+                    await relay_task
+            else:
+                status, error = "aborted", run.stop_reason
+                relay_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await relay_task
+        except asyncio.CancelledError:
+            status, error = "aborted", "server shutting down"
+            relay_task.cancel()
+            raise
+        finally:
+            stop_task.cancel()
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(stream.aclose())
+            if not run.settled.is_set():
+                await asyncio.shield(self._settle(run, status, error, content))
+            self._finish_frames(run, status, error, text_started)
+
+    async def _settle(self, run: LiveRun, status: str, error: str | None,
+                      content: list[str]) -> None:
+        ended = False
+        try:
+            if run.claim is None:
+                await self._settle_untracked(run, status, content)
+            elif status == "failed" and Fault.LEAK_ON_PROVIDER_ERROR in self.faults:
+                # FAULT: leak-on-provider-error — the failure path forgets the terminal write.
+                log.warning("run %s failed; terminal write skipped (fault)", run.run_id)
+            else:
+                message_status = {"succeeded": "completed", "failed": "error",
+                                  "aborted": "aborted"}[status]
+                ended = await self.gate.settle(
+                    run.claim, status=status, error=error, content="".join(content),
+                    message_id=run.message_id, message_status=message_status,
+                    step_count=1 if status == "succeeded" else 0,
+                    stop_requested=status == "aborted")
+        except (psycopg.Error, OSError):
+            # The lease will expire and the reaper (or the next begin) reclaims the run.
+            log.exception("terminal write of run %s failed", run.run_id)
+        finally:
+            await self.gate.release_claim(run.claim)
+        if ended:
+            self.metrics.runs_ended[status] += 1
+        run.ended_by_us = ended
+        run.outcome = status
+        run.settled.set()
+
+    async def _settle_untracked(self, run: LiveRun, status: str, content: list[str]) -> None:
+        if run.message_id is None:
+            return
+        message_status = {"succeeded": "completed", "failed": "error", "aborted": "aborted"}
+        async with self.gate.connection(None) as conn:
+            await conn.execute(
+                "UPDATE ai_chat_messages SET content = %s, status = %s, updated_at = now() "
+                "WHERE id = %s", ("".join(content), message_status[status], run.message_id))
+
+    def _finish_frames(self, run: LiveRun, status: str, error: str | None,
+                       text_started: bool) -> None:
+        if text_started:
+            run.emit(frames.frame("text-end", id=run.part_id))
+        if status == "succeeded":
+            run.emit(frames.frame("finish-step"))
+            run.emit(frames.frame("finish"))
+        elif status == "failed":
+            run.emit(frames.error(error or "provider error"))
+        else:
+            run.emit(frames.frame("abort"))
+        run.emit(frames.DONE)
+        run.emit(_FRAME_END)
+        run.done.set()
+
+
+def _relay_outcome(task: asyncio.Task[None]) -> tuple[str, str | None]:
+    exc = task.exception()
+    if exc is None:
+        return "succeeded", None
+    if isinstance(exc, ProviderError):
+        return "failed", str(exc)
+    log.error("run relay crashed", exc_info=exc)
+    return "failed", "internal error"

@@ -1,0 +1,125 @@
+"""Settings of the reference server, read from the environment or built by the CLI.
+
+Bad values raise :class:`SettingsError` naming the variable and the value, at start-up.
+Secrets (the provider key, the DSN's password) are never part of ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from reference.faults import Fault, UnknownFaultError, parse_fault_list
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value (the operator's to fix); the message names it."""
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(repr=False)
+    provider_base_url: str = "http://127.0.0.1:8788/v1"
+    provider_api_key: str = field(default="", repr=False)
+    provider_model: str = "fake-model"
+    provider_connect_timeout_s: float = 5.0
+    provider_read_timeout_s: float = 30.0
+    autonomous_runs: bool = False
+    heartbeat_interval_s: float = 5.0
+    lease_s: float = 30.0
+    reaper_interval_s: float = 10.0
+    sse_ping_interval_s: float = 15.0
+    stop_notify: bool = True
+    stop_wait_s: float = 5.0
+    instance_id: str = field(default_factory=_default_instance_id)
+    faults: frozenset[Fault] = frozenset()
+    max_body_bytes: int = MIB
+    pool_min_size: int = 4
+    pool_max_size: int = 40
+    pool_timeout_s: float = 5.0
+    apply_schema: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            raise SettingsError("DATABASE_URL: required (a libpq DSN), got an empty value")
+        for name in ("provider_connect_timeout_s", "provider_read_timeout_s",
+                     "heartbeat_interval_s", "lease_s", "reaper_interval_s",
+                     "sse_ping_interval_s", "stop_wait_s", "pool_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise SettingsError(f"{name.upper()}: must be > 0, got {value!r}")
+        if self.lease_s <= self.heartbeat_interval_s:
+            raise SettingsError(
+                f"LEASE_S: must exceed HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s!r}), "
+                f"got {self.lease_s!r}; a live run would be reaped between heartbeats"
+            )
+        if not 1 <= self.pool_min_size <= self.pool_max_size:
+            raise SettingsError(
+                f"POOL_MIN_SIZE/POOL_MAX_SIZE: need 1 <= min <= max, "
+                f"got {self.pool_min_size!r}/{self.pool_max_size!r}"
+            )
+        if not self.provider_base_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"PROVIDER_BASE_URL: must be an http(s) URL, got {self.provider_base_url!r}"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            var = f.name.upper()
+            if f.name == "database_url":
+                raw = env.get("DATABASE_URL")
+            elif f.name == "faults":
+                raw = env.get("REFERENCE_FAULTS")
+            else:
+                raw = env.get(var)
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, var if f.name != "faults" else "REFERENCE_FAULTS",
+                                      raw, f.type)
+        values.update(overrides)
+        if "database_url" not in values:
+            raise SettingsError("DATABASE_URL: required (a libpq DSN), not set")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _convert(name: str, var: str, raw: str, typ: object) -> object:
+    if name == "faults":
+        try:
+            return parse_fault_list(raw)
+        except UnknownFaultError as exc:
+            raise SettingsError(f"{var}: {exc}") from None
+    text = raw.strip()
+    if typ in ("bool", bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise SettingsError(f"{var}: expected true/false, got {raw!r}")
+    if typ in ("float", float):
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingsError(f"{var}: expected a number, got {raw!r}") from None
+    if typ in ("int", int):
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(f"{var}: expected an integer, got {raw!r}") from None
+    return raw

@@ -1,0 +1,149 @@
+"""Starting a turn: every check before the first byte, then the run task (protocol.md §2).
+
+Order: ownership (403) → pre-check (409) → new chat row → begin, the gate (409 / 503) →
+message rows → 200 and the ``start`` frame. A rejected turn writes nothing and calls no
+provider — except where a fault switch (marked ``# FAULT:``) re-introduces a known bug.
+"""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID
+
+import psycopg
+
+from reference import frames, store
+from reference.errors import ProviderError, RunAlreadyActiveError, RunBeginFailedError
+from reference.faults import Fault
+from reference.gate import Claim
+from reference.provider import ProviderStream
+from reference.runner import LiveRun
+from reference.runtime import Runtime
+from reference.turn_input import TurnInput
+from reference.web import begin_failed, conflict, forbidden
+
+log = logging.getLogger(__name__)
+
+
+async def start_turn(rt: Runtime, user_id: UUID, turn: TurnInput) -> LiveRun:
+    faults = rt.settings.faults
+    chat_id = turn.chat_id
+    try:
+        if chat_id is not None:
+            async with rt.pool.connection() as conn:
+                if await store.chat_owner(conn, chat_id) != user_id:
+                    raise forbidden()
+    except psycopg.Error as exc:
+        log.error("stream: chat lookup failed: %s", type(exc).__name__)
+        rt.metrics.begin_failures += 1
+        raise begin_failed() from exc
+
+    early_message_id: UUID | None = None
+    provider_stream: ProviderStream | None = None
+    try:
+        if chat_id is not None and Fault.PERSIST_BEFORE_GATE in faults:
+            early_message_id = await _persist_user_message(rt, chat_id, user_id, turn.user_text)
+        chat_id, claim, provider_stream, early = await _begin(rt, chat_id, user_id, turn, faults)
+        early_message_id = early_message_id or early
+        message_id = await _persist_turn(rt, claim, chat_id, user_id, turn.user_text,
+                                         early_message_id)
+        run = LiveRun(chat_id=chat_id, user_id=user_id, claim=claim, message_id=message_id,
+                      provider_stream=provider_stream)
+        provider_stream = None  # the run owns it now
+        if claim is not None:
+            rt.metrics.runs_started += 1
+        run.emit(frames.start(str(message_id), str(chat_id),
+                              None if claim is None else str(claim.run_id)))
+        rt.registry.launch(run, rt.driver.drive)
+        return run
+    finally:
+        if provider_stream is not None:
+            await provider_stream.aclose()
+
+
+async def _begin(rt: Runtime, chat_id: UUID | None, user_id: UUID, turn: TurnInput,
+                 faults: frozenset[Fault]) -> tuple[UUID, Claim | None, ProviderStream | None, UUID | None]:
+    """Pre-check, new chat, gate. Returns (chat id, claim or None if untracked, stream, msg)."""
+    provider_stream: ProviderStream | None = None
+    early_message_id: UUID | None = None
+    try:
+        try:
+            if chat_id is not None:
+                await rt.gate.precheck(chat_id)
+        except RunAlreadyActiveError as exc:
+            rt.metrics.conflicts["precheck"] += 1
+            raise conflict(exc) from exc
+        if Fault.PROVIDER_BEFORE_GATE in faults:
+            provider_stream = await _open_provider_early(rt, chat_id, turn.user_text)
+        if chat_id is None:
+            async with rt.pool.connection() as conn:
+                chat_id = await store.create_chat(conn, user_id, turn.user_text)
+            if Fault.PERSIST_BEFORE_GATE in faults:
+                early_message_id = await _persist_user_message(rt, chat_id, user_id,
+                                                               turn.user_text)
+        try:
+            claim = await rt.gate.begin(chat_id=chat_id, user_id=user_id)
+        except RunAlreadyActiveError as exc:
+            rt.metrics.conflicts["gate"] += 1
+            raise conflict(exc) from exc
+    except (RunBeginFailedError, psycopg.Error) as exc:
+        log.error("begin failed on chat %s: %s", chat_id, exc)
+        if Fault.UNTRACKED_ON_BEGIN_FAILURE in faults and chat_id is not None:
+            # FAULT: untracked-on-begin-failure — the legacy fallback streams without a run.
+            log.warning("streaming chat %s without a run (fault)", chat_id)
+            return chat_id, None, provider_stream, early_message_id
+        if provider_stream is not None:
+            await provider_stream.aclose()
+        rt.metrics.begin_failures += 1
+        raise begin_failed() from exc
+    except BaseException:
+        if provider_stream is not None:
+            await provider_stream.aclose()
+        raise
+    return chat_id, claim, provider_stream, early_message_id
+
+
+async def _open_provider_early(rt: Runtime, chat_id: UUID | None,
+                               user_text: str) -> ProviderStream | None:
+    # FAULT: provider-before-gate — the provider request goes out before the run row exists.
+    messages: list[dict[str, str]] = []
+    if chat_id is not None:
+        async with rt.pool.connection() as conn:
+            messages = await store.history(conn, chat_id, None)
+    messages.append({"role": "user", "content": user_text})
+    rt.metrics.provider_calls += 1
+    try:
+        return await rt.provider.open(messages)
+    except ProviderError:
+        log.warning("early provider call failed (fault path)")
+        return None
+
+
+async def _persist_user_message(rt: Runtime, chat_id: UUID, user_id: UUID, text: str) -> UUID:
+    # FAULT: persist-before-gate — the user message is written before the gate decides.
+    async with rt.pool.connection() as conn:
+        return await store.insert_user_message(conn, chat_id, user_id, text)
+
+
+async def _persist_turn(rt: Runtime, claim: Claim | None, chat_id: UUID, user_id: UUID,
+                        text: str, early_message_id: UUID | None) -> UUID | None:
+    """The user message and the seeded assistant message, linked to the run."""
+    try:
+        async with rt.gate.connection(claim) as conn:
+            if early_message_id is None:
+                await store.insert_user_message(conn, chat_id, user_id, text)
+            return await store.seed_assistant_message(
+                conn, chat_id, None if claim is None else claim.run_id)
+    except psycopg.Error as exc:
+        if claim is None:
+            return None  # the untracked fault path streams whatever happens
+        log.error("persisting the turn of run %s failed: %s", claim.run_id, exc)
+        try:
+            await rt.gate.settle(claim, status="failed", error="could not persist the turn",
+                                 content="", message_id=None, message_status="error",
+                                 step_count=0, stop_requested=False)
+        except psycopg.Error:
+            log.exception("could not release run %s; its lease will", claim.run_id)
+        await rt.gate.release_claim(claim)
+        rt.metrics.begin_failures += 1
+        raise begin_failed() from exc
