@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Bootstrap a venv in .venv (first run, or when pyproject.toml changed) and dispatch:
+#   ./run.sh test [pytest args...]    run the test suite
+#   ./run.sh harness ARGS...          run the harness CLI, e.g. ./run.sh harness race --n 50
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.installed"
+PYTHON="${PYTHON:-python3}"
+
+usage() {
+    cat >&2 <<'EOF'
+usage: ./run.sh test [pytest args...]
+       ./run.sh harness ARGS...        (e.g. ./run.sh harness race --n 50)
+EOF
+    exit 2
+}
+
+die() {
+    echo "run.sh: $*" >&2
+    exit 2
+}
+
+make_venv() {
+    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python >= 3.11"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$("$PYTHON" --version 2>&1) is too old; raceharness needs Python >= 3.11"
+    local log
+    log="$(mktemp)"
+    if ! "$PYTHON" -m venv "$VENV" >"$log" 2>&1; then
+        rm -rf "$VENV"
+        if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            echo "run.sh: python3 -m venv failed (no ensurepip); installing python3-venv" >&2
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$log" 2>&1 \
+                && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >>"$log" 2>&1 \
+                && "$PYTHON" -m venv "$VENV" >>"$log" 2>&1 \
+                || { cat "$log" >&2; rm -rf "$VENV" "$log"; die "could not create $VENV"; }
+        else
+            rm -f "$log"
+            die "python3 -m venv failed; install the venv module (Debian/Ubuntu: sudo apt-get install python3-venv) and retry"
+        fi
+    fi
+    rm -f "$log"
+}
+
+bootstrap() {
+    if [[ ! -x "$VENV/bin/python" || ! -x "$VENV/bin/pip" ]]; then
+        rm -rf "$VENV"
+        make_venv
+    fi
+    if [[ ! -f "$STAMP" || "$ROOT/pyproject.toml" -nt "$STAMP" ]]; then
+        local log
+        log="$(mktemp)"
+        echo "run.sh: installing raceharness[test] into .venv ..." >&2
+        if ! (cd "$ROOT" && PIP_DISABLE_PIP_VERSION_CHECK=1 \
+                "$VENV/bin/pip" install -q -e '.[test]') >"$log" 2>&1; then
+            cat "$log" >&2
+            rm -f "$log"
+            die "pip install -e '.[test]' failed (see above)"
+        fi
+        rm -f "$log"
+        touch "$STAMP"
+    fi
+}
+
+[[ $# -ge 1 ]] || usage
+cmd="$1"
+shift
+case "$cmd" in
+    test | harness) ;;
+    *) usage ;;
+esac
+
+# One bootstrap at a time when several run.sh start together (lock on this script itself).
+if command -v flock >/dev/null 2>&1; then
+    exec 9<"${BASH_SOURCE[0]}"
+    flock 9
+    bootstrap
+    exec 9<&-
+else
+    bootstrap
+fi
+
+cd "$ROOT"
+case "$cmd" in
+    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    harness) exec "$VENV/bin/harness" "$@" ;;
+esac
