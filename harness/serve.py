@@ -84,7 +84,7 @@ async def _serve(opts: ServeOptions, dsn: str, token: str) -> None:
         if opts.faults:
             print(f"FAULTS ENABLED: {', '.join(sorted(f.value for f in opts.faults))}", flush=True)
         print("try:", flush=True)
-        print(f"  curl -N -H 'Authorization: Bearer $TOKEN' -H 'content-type: application/json' "
+        print(f"  curl -N -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' "
               f"-d '{{\"messages\":[{{\"role\":\"user\",\"parts\":[{{\"type\":\"text\","
               f"\"text\":\"hi\"}}]}}]}}' {url}/api/ai-chat/stream", flush=True)
         print("Ctrl-C stops it and removes everything it started.", flush=True)

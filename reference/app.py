@@ -77,7 +77,7 @@ async def stop(request: Request) -> Response:
 async def _stop(rt: Runtime, user_id: UUID, run_id: UUID | None, chat_id: UUID | None) -> bool:
     if run_id is not None:
         local = rt.registry.runs.get(run_id)
-        if local is not None:  # live here: no database read needed to find it
+        if local is not None and not local.settled.is_set():  # live here: no database read
             if local.user_id != user_id or (chat_id is not None and local.chat_id != chat_id):
                 raise forbidden()
             return await rt.registry.stop_local(local, "stopped by user")
@@ -163,7 +163,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"statusCode": exc.status_code, "message": exc.detail},
-                        status_code=exc.status_code)
+                        status_code=exc.status_code, headers=exc.headers)  # 405 keeps Allow
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:

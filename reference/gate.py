@@ -44,19 +44,21 @@ AsyncConn = psycopg.AsyncConnection[Any]
 
 _ACTIVE = "status IN ('pending', 'running')"
 
-_RECLAIM_AND_PRECHECK = f"""
+# The reclaim and the holder lookup are two statements on purpose: a reclaim that waited on the
+# row lock of a concurrent reclaim (or the owner's late settle) must look for the holder in a new
+# snapshot, or it reports the run that was just ended as the chat's active run.
+_RECLAIM_EXPIRED = f"""
 WITH reclaimed AS (
     UPDATE ai_chat_runs
        SET status = 'aborted', error = 'lease expired',
            finished_at = now(), updated_at = now()
      WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND lease_expires_at < now()
- RETURNING id
+ RETURNING id, assistant_message_id
+), aborted_messages AS (
+    UPDATE ai_chat_messages SET status = 'aborted', updated_at = now()
+     WHERE id IN (SELECT assistant_message_id FROM reclaimed) AND status = 'streaming'
 )
-SELECT (SELECT count(*) FROM reclaimed) AS reclaimed,
-       (SELECT id FROM ai_chat_runs
-         WHERE chat_id = %(chat_id)s AND {_ACTIVE}
-           AND id NOT IN (SELECT id FROM reclaimed)
-         ORDER BY created_at DESC, id DESC LIMIT 1) AS active_id
+SELECT count(*) FROM reclaimed
 """
 
 _INSERT_RUN = """
@@ -105,8 +107,11 @@ class Gate:
     async def precheck(self, chat_id: UUID) -> PrecheckResult:
         """Reclaim an expired holder, then raise if an active run remains (the fast path)."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(_RECLAIM_AND_PRECHECK, {"chat_id": chat_id})
-            reclaimed, active_id = await cur.fetchone()  # type: ignore[misc]
+            cur = await conn.execute(_RECLAIM_EXPIRED, {"chat_id": chat_id})
+            (reclaimed,) = await cur.fetchone()  # type: ignore[misc]
+            cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,))  # a new snapshot
+            holder = await cur.fetchone()
+        active_id = None if holder is None else holder[0]
         if reclaimed:
             log.warning("reclaimed %d run(s) with an expired lease on chat %s", reclaimed, chat_id)
         if active_id is not None:
@@ -138,6 +143,9 @@ class Gate:
                 # FAULT: swallow-unique-violation — the original #184 bug.
                 log.warning("begin: unique violation ignored (fault), streaming untracked")
                 return None
+            if Fault.BLANKET_500 in self.faults:
+                # FAULT: blanket-500 — the conflict escapes as an unexpected error, answered 500.
+                raise RuntimeError(f"run insert failed on chat {chat_id}") from exc
             raise RunAlreadyActiveError(chat_id, await self.active_holder(chat_id), "gate") from exc
         except (psycopg.Error, OSError, TimeoutError) as exc:
             raise RunBeginFailedError(f"run insert failed: {type(exc).__name__}") from exc

@@ -62,10 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        overrides: dict[str, object] = {}
-        if args.fault:
-            overrides["faults"] = parse_faults(args.fault)
-        settings = Settings.from_env(**overrides)
+        settings = (Settings.from_env(faults=parse_faults(args.fault)) if args.fault
+                    else Settings.from_env())
     except (SettingsError, UnknownFaultError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

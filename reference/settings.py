@@ -67,10 +67,13 @@ class Settings:
                 f"POOL_MIN_SIZE/POOL_MAX_SIZE: need 1 <= min <= max, "
                 f"got {self.pool_min_size!r}/{self.pool_max_size!r}"
             )
+        if not self.max_body_bytes > 0:
+            raise SettingsError(f"MAX_BODY_BYTES: must be > 0, got {self.max_body_bytes!r}")
         if not self.provider_base_url.startswith(("http://", "https://")):
+            url = self.provider_base_url
+            scheme = url.split("://", 1)[0][:20] if "://" in url else "none"
             raise SettingsError(
-                f"PROVIDER_BASE_URL: must be an http(s) URL, got {self.provider_base_url!r}"
-            )
+                f"PROVIDER_BASE_URL: must be an http(s) URL, got scheme {scheme!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

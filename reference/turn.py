@@ -134,10 +134,10 @@ async def _persist_turn(rt: Runtime, claim: Claim | None, chat_id: UUID, user_id
                 await store.insert_user_message(conn, chat_id, user_id, text)
             return await store.seed_assistant_message(
                 conn, chat_id, None if claim is None else claim.run_id)
-    except psycopg.Error as exc:
+    except Exception as exc:  # any failure after the gate must release the run it claimed
         if claim is None:
             return None  # the untracked fault path streams whatever happens
-        log.error("persisting the turn of run %s failed: %s", claim.run_id, exc)
+        log.error("persisting the turn of run %s failed: %s", claim.run_id, type(exc).__name__)
         try:
             await rt.gate.settle(claim, status="failed", error="could not persist the turn",
                                  content="", message_id=None, message_status="error",

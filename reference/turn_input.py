@@ -49,6 +49,12 @@ def parse_turn(body: dict[str, Any]) -> TurnInput:
                 raise bad_request(f"{pwhere}.text: expected a string, got {type_name(text)}")
             if "\x00" in text:
                 raise bad_request(f"{pwhere}.text: contains a NUL character")
+            if not text.isascii():
+                try:  # JSON may escape a lone surrogate ("\ud800"): not storable as UTF-8
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise bad_request(
+                        f"{pwhere}.text: contains a lone surrogate (not valid Unicode)") from None
             texts.append(text)
         if role == "user":
             last_user = texts

@@ -256,6 +256,13 @@ class OpenTurn:
         self.frames.append(frame)
         return frame
 
+    async def until(self, frame_type: str) -> Any:
+        """Read frames up to and including the first of ``frame_type``."""
+        while True:
+            frame = await self.next_frame()
+            if frame != "[DONE]" and frame["type"] == frame_type:
+                return frame
+
     async def rest(self) -> list[Any]:
         """Every remaining frame, to the end of the stream."""
         async for chunk in self._chunks:

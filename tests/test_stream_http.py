@@ -121,7 +121,7 @@ async def test_precheck_rejection_writes_nothing_and_calls_no_provider(
             httpx.AsyncClient(timeout=10) as client:
         api = Api(client, ref.url, users["alice"])
         async with api.open_turn("holder") as holder:
-            await holder.next_frame()
+            await holder.until("text-delta")  # the holder's provider call is under way
             before = count_rows(pg_dsn)
             calls_before = provider.route.call_count
             rejected = await api.turn("second", holder.chat_id)
