@@ -1,0 +1,719 @@
+"""Pure checkers: one function per property of ``conformance.md`` §2, each a function of a Trial.
+
+Theory of operation
+-------------------
+Jepsen's checker model (``checker.clj``): a checker reads the whole evidence of one trial (ops,
+provider ledger, database snapshots) and returns a :class:`CheckResult` — ``valid``, ``invalid``
+or ``unknown`` — with a one-line reason and the offending operations. ``unknown`` means the
+evidence cannot decide (the race did not happen, a request never reached the target, there is no
+provider or database access); missing evidence is never ``valid``. A checker that raises (a bug
+here, or a malformed record) becomes ``unknown`` "checker crashed: <ExcType>: <msg>" in
+:func:`check_trial`, so one bad record never hides the other verdicts. Checkers compose by name
+through :data:`CHECKERS`. Evidence is read strictly: a field of the wrong type raises
+``TypeError`` naming the op, the field and the value.
+
+Evidence conventions (what the race engine records)
+---------------------------------------------------
+- ``turn`` ops; invoke ``{role, chat_id, sent_ns}`` with ``nonce`` set. ``role`` is ``racer``
+  (the race), ``setup`` (creates the chat before the race) or ``released`` (the turn after the
+  winner ended). Completion ``ok``: ``{status: int, code: str|None, json: bool, run_id,
+  active_run_id, headers_ns: int, end_ns: int|None, terminal: finish|error|abort|None,
+  done: bool, frames: [type...], findings: [{code, message}...]}``. ``info``: no answer within
+  the phase bound (may hold ``error`` and partial ``status``/``headers_ns``/``run_id``).
+  ``fail``: the request never reached the target. An invoke with no completion counts as ``info``;
+  a racer invoke without ``sent_ns`` was sent at the invoke's ``time_ns``.
+- ``stop``: invoke ``{run_id}``; ok ``{status, stopped}``.
+- ``runs`` (also ``run``, same shape): invoke ``{chat_id, phase: held|after}``; ok
+  ``{status, runs: [{id, status}...]}``. Only ok answers with status 200 are observations.
+- ``trial.meta``: ``n``, ``losers_fast_bound_ms`` (default 1000), ``stop_bound_ms`` (default
+  2000), ``release_ns``. ``trial.provider``: the ledger or None; ``trial.db``: snapshots labelled
+  ``before`` / ``held`` / ``after``, or None.
+- The **winner** is the racer whose completion is ok, status 200, ``run_id`` set, with the
+  smallest ``headers_ns`` (ties: the lower op index); failing that, the first ok 200 by
+  ``headers_ns``. **Losers** are all other racers (every racer when there is no winner).
+- The winner **ends** at its ``end_ns``; else at the first ``stop`` invoke aimed at its run;
+  else never (still held when the history ends).
+
+Decisions
+---------
+- A request is cited by the index of its completion op (its invoke's when it never completed).
+  Provider calls and database rows are not ops: they are named in the reason.
+- A racer "got 200" when status 200 was seen, on an ok *or* an info completion (headers came,
+  the stream did not end): ``race/one-winner`` counts both.
+- ``race/overlap-achieved`` is never ``invalid``: a race that did not happen proves nothing.
+- A provider call is accounted for (``race/no-untracked-run``) when its nonce belongs to a turn
+  of any role that got 200 with a ``run_id``.
+- A racer whose request never reached the target (fail) makes the properties about it
+  ``unknown``, never ``invalid``; a racer with no answer (info) is a hang: ``invalid`` for the
+  loser properties, undecided for ``race/one-winner``.
+- Without a winner, ``race/losers-fast`` can only be ``invalid`` (a slow or missing answer) or
+  ``unknown``; ``race/no-loser-writes`` is ``unknown`` (no run id to attribute the rows to).
+- ``race/winner-stoppable``: ``/stop`` with no answer (info) is ``invalid`` (a hang), one that
+  never reached the target (fail) is ``unknown``; a provider ledger without the winner's call is
+  ``unknown`` (``race/winner-provider-call`` owns that failure); a provider disconnect that
+  comes too late or never is reported on the stop's completion op.
+- ``chats/independent``: 409 is a false conflict, any other non-200 except 429 is ``invalid``
+  too; 429, info and fail are ``unknown``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from harness.history import Op, ProviderCall, Trial
+
+Verdict = Literal["valid", "invalid", "unknown"]
+VERDICTS: tuple[Verdict, ...] = ("valid", "invalid", "unknown")
+RUN_ALREADY_ACTIVE = "A_RUN_ALREADY_ACTIVE"
+ACTIVE_RUN_STATUSES = frozenset({"pending", "running"})
+TERMINAL_FRAMES = frozenset({"finish", "error", "abort"})
+OBSERVER_FS = ("runs", "run")
+DEFAULT_LOSERS_FAST_BOUND_MS = 1000
+DEFAULT_STOP_BOUND_MS = 2000
+NS_PER_MS = 1_000_000
+_CITE_LIMIT = 8
+_LIST_LIMIT = 5
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    property: str
+    verdict: Verdict
+    reason: str
+    ops: tuple[int, ...] = ()  # offending op indices
+
+
+# -- strict readers ------------------------------------------------------------------------------
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}={value!r} is not an int")
+    return value
+
+
+def _opt_int(value: Any, where: str) -> int | None:
+    return None if value is None else _int(value, where)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{where}={value!r} is not a number")
+    return float(value)
+
+
+def _opt_str(value: Any, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{where}={value!r} is not a string")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"{where}={value!r} is not a list")
+    return list(value)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A ``turn``: its invoke and its completion (None when it never completed)."""
+
+    invoke: Op
+    completion: Op | None
+
+    def _where(self, key: str) -> str:
+        op = self.completion if self.completion is not None else self.invoke
+        return f"op {op.index}: {key}"
+
+    def _answer(self, key: str) -> Any:
+        c = self.completion
+        return None if c is None or c.type == "fail" else c.get(key)
+
+    @property
+    def index(self) -> int:
+        return self.completion.index if self.completion is not None else self.invoke.index
+
+    @property
+    def outcome(self) -> str:
+        return "info" if self.completion is None else self.completion.type
+
+    @property
+    def nonce(self) -> str | None:
+        return self.invoke.nonce
+
+    @property
+    def chat_id(self) -> Any:
+        return self.invoke.get("chat_id")
+
+    @property
+    def sent_ns(self) -> int:
+        """When the request's last byte went out (the invoke's time when not recorded)."""
+        sent = _opt_int(self.invoke.get("sent_ns"), f"op {self.invoke.index}: sent_ns")
+        return self.invoke.time_ns if sent is None else sent
+
+    @property
+    def status(self) -> int | None:
+        if self.outcome == "ok":
+            return _int(self._answer("status"), self._where("status"))
+        return _opt_int(self._answer("status"), self._where("status"))
+
+    @property
+    def headers_ns(self) -> int | None:
+        if self.outcome == "ok":
+            return _int(self._answer("headers_ns"), self._where("headers_ns"))
+        return _opt_int(self._answer("headers_ns"), self._where("headers_ns"))
+
+    @property
+    def end_ns(self) -> int | None:
+        return _opt_int(self._answer("end_ns"), self._where("end_ns"))
+
+    @property
+    def run_id(self) -> str | None:
+        return _opt_str(self._answer("run_id"), self._where("run_id"))
+
+    @property
+    def code(self) -> str | None:
+        return _opt_str(self._answer("code"), self._where("code"))
+
+    @property
+    def terminal(self) -> str | None:
+        return _opt_str(self._answer("terminal"), self._where("terminal"))
+
+    @property
+    def frames(self) -> list[str]:
+        frames = _list(self._answer("frames") or [], self._where("frames"))
+        return [_opt_str(f, self._where("frames[]")) or "" for f in frames]
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        return _list(self._answer("findings") or [], self._where("findings"))
+
+    @property
+    def got_200(self) -> bool:
+        return self.status == 200
+
+    @property
+    def tracked(self) -> bool:
+        """Got 200 and its start frame carried a run id."""
+        return self.got_200 and self.run_id is not None
+
+
+def turns(trial: Trial, role: str | None = None) -> list[Request]:
+    """Every ``turn`` request (of one ``role`` if given), in invoke order."""
+    return [Request(inv, comp) for inv, comp in trial.completions("turn")
+            if role is None or inv.get("role") == role]
+
+
+def find_winner(racers: Iterable[Request]) -> Request | None:
+    oks = [r for r in racers if r.outcome == "ok" and r.got_200]
+    pool = [r for r in oks if r.run_id is not None] or oks
+    return min(pool, key=lambda r: (r.headers_ns, r.index)) if pool else None
+
+
+def losers(racers: Iterable[Request], winner: Request | None) -> list[Request]:
+    return [r for r in racers if winner is None or r.index != winner.index]
+
+
+def stop_ops(trial: Trial, run_id: str | None) -> list[tuple[Op, Op | None]]:
+    """The ``stop`` requests aimed at ``run_id``, in invoke order."""
+    if run_id is None:
+        return []
+    return [(inv, comp) for inv, comp in trial.completions("stop") if inv.get("run_id") == run_id]
+
+
+def winner_end_ns(trial: Trial, winner: Request) -> float:
+    end = winner.end_ns
+    if end is not None:
+        return end
+    stops = stop_ops(trial, winner.run_id)
+    return min(inv.time_ns for inv, _ in stops) if stops else math.inf
+
+
+def run_observations(trial: Trial, phase: str, run_id: str) -> list[tuple[int | None, str | None]]:
+    """What the observers saw of ``run_id`` in ``phase``: (op index or None for the database,
+    the run's status or None when absent)."""
+    seen: list[tuple[int | None, str | None]] = []
+    for inv, comp in [p for f in OBSERVER_FS for p in trial.completions(f)]:
+        if inv.get("phase") != phase or comp is None or comp.type != "ok":
+            continue
+        if _int(comp.get("status"), f"op {comp.index}: status") != 200:
+            continue
+        statuses: dict[Any, Any] = {}
+        for row in _list(comp.get("runs"), f"op {comp.index}: runs"):
+            if not isinstance(row, dict):
+                raise TypeError(f"op {comp.index}: runs[]={row!r} is not an object")
+            statuses[row.get("id")] = row.get("status")
+        seen.append((comp.index, _opt_str(statuses.get(run_id), f"op {comp.index}: runs[].status")))
+    snap = trial.db_snapshot(phase)
+    if snap is not None:
+        seen.append((None, next((r.status for r in snap.runs if r.id == run_id), None)))
+    return seen
+
+
+# -- wording -------------------------------------------------------------------------------------
+
+def _cite(indices: Iterable[int]) -> str:
+    ops = sorted(set(indices))
+    shown = ", ".join(str(i) for i in ops[:_CITE_LIMIT])
+    more = f", … ({len(ops)} in all)" if len(ops) > _CITE_LIMIT else ""
+    return f"op{'s' if len(ops) != 1 else ''} {shown}{more}"
+
+
+def _listing(items: list[str]) -> str:
+    more = f"; … and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return "; ".join(items[:_LIST_LIMIT]) + more
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / NS_PER_MS:.1f} ms"
+
+
+def _statuses(reqs: Iterable[Request]) -> str:
+    counts: dict[str, int] = {}
+    for r in reqs:
+        key = str(r.status) if r.outcome == "ok" else r.outcome
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k}×{v}" for k, v in sorted(counts.items()))
+
+
+def _ops(reqs: Iterable[Request]) -> tuple[int, ...]:
+    return tuple(sorted({r.index for r in reqs}))
+
+
+# -- the checkers --------------------------------------------------------------------------------
+
+def overlap_achieved(trial: Trial) -> CheckResult:
+    prop = "race/overlap-achieved"
+    racers = turns(trial, "racer")
+    n = _int(trial.meta.get("n", len(racers)), "meta: n")
+    if n < 2 or not racers:
+        return CheckResult(prop, "unknown", f"not a race: n={n}, {len(racers)} racer(s)")
+    if len(racers) < n:
+        return CheckResult(prop, "unknown", f"only {len(racers)} of n={n} racers recorded")
+    failed = [r for r in racers if r.outcome == "fail"]
+    if failed:
+        return CheckResult(prop, "unknown", "request never reached the target: "
+                           f"{_cite(_ops(failed))}", _ops(failed))
+    winner = find_winner(racers)
+    if winner is None:
+        return CheckResult(prop, "unknown", f"no winner: no racer got 200 ({_statuses(racers)})")
+    end = winner_end_ns(trial, winner)
+    late = [r for r in racers if r.sent_ns > end]
+    if late:
+        return CheckResult(prop, "unknown", f"the race did not happen for {len(late)} of "
+                           f"{len(racers)} racers ({_cite(_ops(late))}): sent after the winner "
+                           f"(op {winner.index}) ended", _ops(late))
+    spread_ms = (max(r.sent_ns for r in racers) - min(r.sent_ns for r in racers)) / NS_PER_MS
+    return CheckResult(prop, "valid", f"all {len(racers)} racers sent while the winner (op "
+                       f"{winner.index}) was active; send spread {spread_ms:.3f} ms")
+
+
+def one_winner(trial: Trial) -> CheckResult:
+    prop = "race/one-winner"
+    racers = turns(trial, "racer")
+    if not racers:
+        return CheckResult(prop, "unknown", "no racer in the history")
+    wins = [r for r in racers if r.got_200]
+    if len(wins) > 1:
+        return CheckResult(prop, "invalid", f"{len(wins)} racers got 200 ({_cite(_ops(wins))}): "
+                           "more than one winner", _ops(wins))
+    if wins:
+        win = wins[0]
+        if win.run_id is None:
+            return CheckResult(prop, "invalid", f"op {win.index}: a 200 without runId is a "
+                               "second, untracked winner", (win.index,))
+        return CheckResult(prop, "valid", f"one winner: op {win.index}, run {win.run_id}")
+    undecided = [r for r in racers if r.outcome != "ok" or r.status == 429]
+    if undecided:
+        return CheckResult(prop, "unknown", f"no 200, and {len(undecided)} racer(s) undecided by "
+                           f"info, fail or 429 ({_statuses(racers)})", _ops(undecided))
+    return CheckResult(prop, "invalid", f"no winner: none of {len(racers)} racers got 200 "
+                       f"({_statuses(racers)})", _ops(racers))
+
+
+def losers_409(trial: Trial) -> CheckResult:
+    prop = "race/losers-409"
+    racers = turns(trial, "racer")
+    lost = losers(racers, find_winner(racers))
+    if not lost:
+        return CheckResult(prop, "unknown", f"no losers among {len(racers)} racer(s)")
+    bad: list[Request] = []
+    undecided: list[Request] = []
+    for r in lost:
+        if r.outcome == "fail" or (r.outcome == "ok" and r.status == 429):
+            undecided.append(r)
+        elif r.outcome == "info" or not (
+                r.status == 409 and _json(r) and r.code == RUN_ALREADY_ACTIVE):
+            bad.append(r)
+    if bad:
+        what = [f"op {r.index}: no answer" if r.outcome == "info"
+                else f"op {r.index}: {r.status} code={r.code} json={_json(r)}" for r in bad]
+        return CheckResult(prop, "invalid", f"{len(bad)} of {len(lost)} losers not a JSON 409 "
+                           f"{RUN_ALREADY_ACTIVE}: {_listing(what)}", _ops(bad))
+    if undecided:
+        return CheckResult(prop, "unknown", f"{len(undecided)} of {len(lost)} losers got 429 or "
+                           f"never reached the target ({_cite(_ops(undecided))})", _ops(undecided))
+    return CheckResult(prop, "valid", f"all {len(lost)} losers got 409 {RUN_ALREADY_ACTIVE}")
+
+
+def _json(r: Request) -> bool:
+    return r.completion is not None and r.completion.get("json") is True
+
+
+def losers_fast(trial: Trial) -> CheckResult:
+    prop = "race/losers-fast"
+    bound_ms = _number(trial.meta.get("losers_fast_bound_ms", DEFAULT_LOSERS_FAST_BOUND_MS),
+                       "meta: losers_fast_bound_ms")
+    racers = turns(trial, "racer")
+    winner = find_winner(racers)
+    lost = losers(racers, winner)
+    if not lost:
+        return CheckResult(prop, "unknown", f"no losers among {len(racers)} racer(s)")
+    end = winner_end_ns(trial, winner) if winner is not None else None
+    bad: list[tuple[Request, str]] = []
+    undecided: list[Request] = []
+    latencies: list[int] = []
+    for r in lost:
+        if r.outcome == "fail":
+            undecided.append(r)
+            continue
+        headers = r.headers_ns
+        if headers is None:
+            bad.append((r, f"op {r.index}: never answered"))
+            continue
+        latency = headers - r.sent_ns
+        latencies.append(latency)
+        why = []
+        if latency > bound_ms * NS_PER_MS:
+            why.append(f"{_ms(latency)} > {bound_ms:g} ms")
+        if end is not None and headers > end:
+            why.append(f"answered {_ms(headers - end)} after the winner ended")
+        if why:
+            bad.append((r, f"op {r.index}: " + ", ".join(why)))
+    if bad:
+        return CheckResult(prop, "invalid", f"{len(bad)} of {len(lost)} losers not answered fast "
+                           f"while the winner was active: {_listing([w for _, w in bad])}",
+                           _ops(r for r, _ in bad))
+    if undecided:
+        return CheckResult(prop, "unknown", f"{len(undecided)} loser(s) never reached the target "
+                           f"({_cite(_ops(undecided))})", _ops(undecided))
+    if winner is None:
+        return CheckResult(prop, "unknown", "no winner: cannot tell whether the losers were "
+                           "answered while it was active")
+    return CheckResult(prop, "valid", f"all {len(lost)} losers answered within "
+                       f"{_ms(max(latencies))} (bound {bound_ms:g} ms) while the winner was active")
+
+
+def no_loser_provider_call(trial: Trial) -> CheckResult:
+    prop = "race/no-loser-provider-call"
+    if trial.provider is None:
+        return CheckResult(prop, "unknown", "no provider access")
+    racers = turns(trial, "racer")
+    lost = losers(racers, find_winner(racers))
+    if not lost:
+        return CheckResult(prop, "unknown", f"no losers among {len(racers)} racer(s)")
+    by_nonce = {r.nonce: r for r in reversed(lost) if r.nonce is not None}
+    hits = [(c, by_nonce[c.nonce]) for c in trial.provider if c.nonce in by_nonce]
+    if hits:
+        what = [f"call {c.index} ← op {r.index}" for c, r in hits]
+        return CheckResult(prop, "invalid", f"{len(hits)} provider call(s) carry a loser's nonce: "
+                           f"{_listing(what)}", _ops(r for _, r in hits))
+    return CheckResult(prop, "valid", f"none of {len(trial.provider)} provider call(s) carries "
+                       f"one of {len(lost)} losers' nonces")
+
+
+def winner_provider_call(trial: Trial) -> CheckResult:
+    prop = "race/winner-provider-call"
+    if trial.provider is None:
+        return CheckResult(prop, "unknown", "no provider access")
+    winner = find_winner(turns(trial, "racer"))
+    if winner is None:
+        return CheckResult(prop, "unknown", "no winner")
+    if winner.nonce is None:
+        return CheckResult(prop, "unknown", f"the winner (op {winner.index}) carried no nonce")
+    calls = [c.index for c in trial.provider if c.nonce == winner.nonce]
+    if len(calls) == 1:
+        return CheckResult(prop, "valid", f"one provider call (call {calls[0]}) for the winner "
+                           f"(op {winner.index})")
+    return CheckResult(prop, "invalid", f"{len(calls)} provider calls for the winner "
+                       f"(op {winner.index}), expected 1", (winner.index,))
+
+
+def _untracked_calls(trial: Trial, provider: list[ProviderCall]) -> tuple[list[str], set[int]]:
+    by_nonce: dict[str, Request] = {}
+    for t in turns(trial):
+        if t.nonce is not None:
+            by_nonce.setdefault(t.nonce, t)
+    problems: list[str] = []
+    ops: set[int] = set()
+    for call in provider:
+        turn = by_nonce.get(call.nonce) if call.nonce is not None else None
+        if call.nonce is None:
+            problems.append(f"call {call.index}: no nonce")
+        elif turn is None:
+            problems.append(f"call {call.index}: unknown nonce {call.nonce!r}")
+        elif not turn.tracked:
+            problems.append(f"call {call.index}: for op {turn.index}, which got no 200 with runId")
+            ops.add(turn.index)
+    return problems, ops
+
+
+def no_untracked_run(trial: Trial) -> CheckResult:
+    prop = "race/no-untracked-run"
+    racers = turns(trial, "racer")
+    winner = find_winner(racers)
+    problems = [f"op {r.index}: 200 without runId" for r in racers if r.got_200 and not r.run_id]
+    ops = {r.index for r in racers if r.got_200 and not r.run_id}
+    if trial.provider is not None:
+        call_problems, call_ops = _untracked_calls(trial, trial.provider)
+        if call_problems:
+            problems.append("a provider call no tracked run accounts for: "
+                            + ", ".join(call_problems[:_LIST_LIMIT]))
+            ops |= call_ops
+    seen_active = False
+    if winner is not None and winner.run_id is not None:
+        for index, status in run_observations(trial, "held", winner.run_id):
+            where = "db held snapshot" if index is None else f"op {index}"
+            if status in ACTIVE_RUN_STATUSES:
+                seen_active = True
+                continue
+            problems.append(f"{where}: winner run {winner.run_id} "
+                            f"{'absent' if status is None else status} while held")
+            if index is not None:
+                ops.add(index)
+    if problems:
+        return CheckResult(prop, "invalid", _listing(problems), tuple(sorted(ops)))
+    run_id = winner.run_id if winner is not None else None
+    missing = []
+    if run_id is None:
+        missing.append("no winner with a runId")
+    elif not seen_active:
+        missing.append("no held-phase /runs answer or db snapshot")
+    if trial.provider is None:
+        missing.append("no provider access")
+    if missing:
+        return CheckResult(prop, "unknown", "missing evidence: " + "; ".join(missing))
+    return CheckResult(prop, "valid", f"winner run {run_id} reported active while held; "
+                       f"all {len(trial.provider or ())} provider call(s) belong to tracked runs")
+
+
+def no_loser_writes(trial: Trial) -> CheckResult:
+    prop = "race/no-loser-writes"
+    if trial.db is None:
+        return CheckResult(prop, "unknown", "no database access")
+    before, after = trial.db_snapshot("before"), trial.db_snapshot("after")
+    if before is None or after is None:
+        absent = [label for label, s in (("before", before), ("after", after)) if s is None]
+        return CheckResult(prop, "unknown", f"no {' or '.join(absent)} db snapshot")
+    racers = turns(trial, "racer")
+    winner = find_winner(racers)
+    if winner is None or winner.run_id is None:
+        return CheckResult(prop, "unknown", "no winner with a runId to attribute the writes to")
+    new_runs = {r.id for r in after.runs} - {r.id for r in before.runs}
+    old_messages = {m.id for m in before.messages}
+    new_roles = [m.role for m in after.messages if m.id not in old_messages]
+    users, assistants = new_roles.count("user"), new_roles.count("assistant")
+    if new_runs == {winner.run_id} and users == 1 and assistants == 1 and len(new_roles) == 2:
+        return CheckResult(prop, "valid", f"the race added the winner's run {winner.run_id}, one "
+                           "user and one assistant message")
+    others = len(new_roles) - users - assistants
+    extra = new_runs - {winner.run_id}
+    return CheckResult(prop, "invalid", f"the race added {len(new_runs)} run(s) "
+                       f"({'with' if winner.run_id in new_runs else 'without'} the winner's "
+                       f"{winner.run_id}), {users} user, {assistants} assistant and {others} other "
+                       "message(s); expected 1 run, 1 user, 1 assistant",
+                       _ops(r for r in racers if r.run_id in extra))
+
+
+def winner_stoppable(trial: Trial) -> CheckResult:
+    prop = "race/winner-stoppable"
+    winner = find_winner(turns(trial, "racer"))
+    if winner is None or winner.run_id is None:
+        return CheckResult(prop, "unknown", "no winner with a runId")
+    stops = stop_ops(trial, winner.run_id)
+    if not stops:
+        return CheckResult(prop, "unknown", f"no /stop aimed at the winner's run {winner.run_id}")
+    stop, answer = stops[0]
+    if answer is not None and answer.type == "fail":
+        return CheckResult(prop, "unknown", f"op {answer.index}: /stop never reached the target",
+                           (answer.index,))
+    problems: list[str] = []
+    ops: set[int] = set()
+    if answer is None or answer.type == "info":
+        index = stop.index if answer is None else answer.index
+        problems.append(f"op {index}: /stop got no answer")
+        ops.add(index)
+    else:
+        status = _int(answer.get("status"), f"op {answer.index}: status")
+        if status != 200 or answer.get("stopped") is not True:
+            problems.append(f"op {answer.index}: /stop answered {status} "
+                            f"stopped={answer.get('stopped')!r}")
+            ops.add(answer.index)
+    if winner.terminal != "abort":
+        problems.append(f"op {winner.index}: the winner's stream ended {winner.terminal!r}, "
+                        "not 'abort'")
+        ops.add(winner.index)
+    for seen_at, run_status in run_observations(trial, "after", winner.run_id):
+        if run_status is not None and run_status != "aborted":
+            where = "db after snapshot" if seen_at is None else f"op {seen_at}"
+            problems.append(f"{where}: run {winner.run_id} is {run_status!r} after the stop")
+            if seen_at is not None:
+                ops.add(seen_at)
+    disconnect = ""
+    if trial.provider is not None:
+        bound_ms = _number(trial.meta.get("stop_bound_ms", DEFAULT_STOP_BOUND_MS),
+                           "meta: stop_bound_ms")
+        calls = [c for c in trial.provider if c.nonce == winner.nonce and winner.nonce is not None]
+        for call in calls:
+            gone = call.disconnected_ns
+            if gone is None or gone - stop.time_ns > bound_ms * NS_PER_MS:
+                late = "never" if gone is None else f"{_ms(gone - stop.time_ns)} after the stop"
+                problems.append(f"the provider kept streaming: call {call.index} disconnected "
+                                f"{late} (bound {bound_ms:g} ms)")
+                ops.add(answer.index if answer is not None else stop.index)
+        if calls and not problems:
+            disconnect = "; provider disconnected " + _ms(max(
+                (c.disconnected_ns or 0) - stop.time_ns for c in calls)) + " after the stop"
+        elif not calls and not problems:
+            return CheckResult(prop, "unknown", "no provider call for the winner to see the "
+                               "disconnect of")
+    if problems:
+        return CheckResult(prop, "invalid", _listing(problems), tuple(sorted(ops)))
+    if trial.provider is None:
+        return CheckResult(prop, "unknown", "stop took effect, but no provider access to see "
+                           "the provider disconnect")
+    return CheckResult(prop, "valid",
+                       f"/stop answered stopped:true, the stream ended abort{disconnect}")
+
+
+def released(trial: Trial) -> CheckResult:
+    prop = "race/released"
+    after = turns(trial, "released")
+    answered = [t for t in after if t.outcome == "ok"]
+    bad = [t for t in answered if not (t.tracked and t.terminal == "finish")]
+    if bad:
+        what = [f"op {t.index}: {t.status} terminal={t.terminal!r}" for t in bad]
+        return CheckResult(prop, "invalid", f"the turn after the winner ended was refused or did "
+                           f"not finish: {_listing(what)}", _ops(bad))
+    if not answered:
+        return CheckResult(prop, "unknown", "no answered turn after the winner ended",
+                           _ops(after))
+    return CheckResult(prop, "valid", f"the turn after the winner ended got 200 and finished "
+                       f"({_cite(_ops(answered))})")
+
+
+def _stream_problems(t: Request) -> list[str]:
+    frames, findings = t.frames, t.findings
+    problems: list[str] = []
+    if findings:
+        first = findings[0]
+        problems.append(f"finding {first.get('code') if isinstance(first, dict) else first}")
+    if not frames or frames[0] != "start":
+        problems.append(f"first frame {frames[0] if frames else None!r}, not 'start'")
+    if t.run_id is None:
+        problems.append("no runId")
+    terminals = sum(1 for f in frames if f in TERMINAL_FRAMES)
+    if terminals != 1:
+        problems.append(f"{terminals} terminal frames")
+    if t.completion is None or t.completion.get("done") is not True or frames[-1:] != ["[DONE]"]:
+        problems.append("no [DONE] last")
+    return problems
+
+
+def stream_well_formed(trial: Trial) -> CheckResult:
+    prop = "stream/well-formed"
+    streams = [t for t in turns(trial) if t.outcome == "ok" and t.got_200]
+    if not streams:
+        return CheckResult(prop, "unknown", "no 200 stream to check")
+    bad = [(t, p) for t in streams if (p := _stream_problems(t))]
+    if bad:
+        what = [f"op {t.index} ({', '.join(p)})" for t, p in bad]
+        return CheckResult(prop, "invalid", f"{len(bad)} of {len(streams)} 200 streams malformed: "
+                           f"{_listing(what)}", _ops(t for t, _ in bad))
+    return CheckResult(prop, "valid", f"all {len(streams)} 200 streams well formed")
+
+
+def chats_independent(trial: Trial) -> CheckResult:
+    prop = "chats/independent"
+    racers = turns(trial, "racer")
+    chats = [r.chat_id for r in racers]
+    if len(racers) < 2 or None in chats or len(set(chats)) != len(chats):
+        return CheckResult(prop, "unknown", f"not a distinct-chat race: {len(racers)} racer(s) "
+                           f"on {len(set(chats))} chat(s)")
+    conflicts = [r for r in racers if r.outcome == "ok" and r.status == 409]
+    if conflicts:
+        return CheckResult(prop, "invalid", f"false conflict: {len(conflicts)} of {len(racers)} "
+                           f"turns on distinct chats got 409 ({_cite(_ops(conflicts))})",
+                           _ops(conflicts))
+    refused = [r for r in racers if r.outcome == "ok" and r.status not in (200, 429)]
+    if refused:
+        return CheckResult(prop, "invalid", f"{len(refused)} of {len(racers)} turns on distinct "
+                           f"chats refused ({_statuses(refused)})", _ops(refused))
+    undecided = [r for r in racers if r.outcome != "ok" or r.status == 429]
+    if undecided:
+        return CheckResult(prop, "unknown", f"{len(undecided)} of {len(racers)} turns undecided "
+                           f"({_statuses(undecided)})", _ops(undecided))
+    return CheckResult(prop, "valid", f"all {len(racers)} turns on distinct chats got 200")
+
+
+# -- composition ---------------------------------------------------------------------------------
+
+CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
+    "race/overlap-achieved": overlap_achieved,
+    "race/one-winner": one_winner,
+    "race/losers-409": losers_409,
+    "race/losers-fast": losers_fast,
+    "race/no-loser-provider-call": no_loser_provider_call,
+    "race/winner-provider-call": winner_provider_call,
+    "race/no-untracked-run": no_untracked_run,
+    "race/no-loser-writes": no_loser_writes,
+    "race/winner-stoppable": winner_stoppable,
+    "race/released": released,
+    "stream/well-formed": stream_well_formed,
+    "chats/independent": chats_independent,
+}
+SINGLE_CHAT_RACE: tuple[str, ...] = tuple(p for p in CHECKERS if p != "chats/independent")
+_RANK: dict[str, int] = {"valid": 0, "unknown": 1, "invalid": 2}
+
+
+def check_trial(trial: Trial, properties: Iterable[str] | None = None) -> dict[str, CheckResult]:
+    """Run the named checkers (all of :data:`CHECKERS` when None) on one trial, in the order
+    given. Never raises for a bad trial: a crashing checker yields ``unknown``."""
+    names = list(CHECKERS) if properties is None else (
+        [properties] if isinstance(properties, str) else list(properties))
+    strangers = [name for name in names if name not in CHECKERS]
+    if strangers:
+        raise ValueError(f"unknown propert{'y' if len(strangers) == 1 else 'ies'} "
+                         f"{', '.join(map(repr, strangers))}; valid: {', '.join(CHECKERS)}")
+    results: dict[str, CheckResult] = {}
+    for name in names:
+        try:
+            results[name] = CHECKERS[name](trial)
+        except Exception as exc:  # a crash is unknown, never a verdict (checker.clj)
+            message = " ".join(str(exc).split())
+            results[name] = CheckResult(name, "unknown",
+                                        f"checker crashed: {type(exc).__name__}: {message}")
+    return results
+
+
+def worst(verdicts: Iterable[Verdict]) -> Verdict:
+    """invalid > unknown > valid; no verdicts at all is ``unknown``."""
+    result: Verdict | None = None
+    for verdict in verdicts:
+        if verdict not in _RANK:
+            raise ValueError(f"verdict={verdict!r} is not one of {', '.join(VERDICTS)}")
+        if result is None or _RANK[verdict] > _RANK[result]:
+            result = verdict
+    return "unknown" if result is None else result
+
+
+def summarize(results: list[dict[str, CheckResult]]) -> dict[str, dict[str, int]]:
+    """Per property (in order of first appearance): how many trials were valid/invalid/unknown."""
+    counts: dict[str, dict[str, int]] = {}
+    for trial_results in results:
+        for name, result in trial_results.items():
+            tally = counts.setdefault(name, {"valid": 0, "invalid": 0, "unknown": 0})
+            tally[result.verdict] += 1
+    return counts

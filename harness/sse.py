@@ -1,0 +1,430 @@
+"""The UI-message stream over SSE (``protocol.md`` §3), parsed incrementally and checked.
+
+Theory of operation
+-------------------
+Two small state machines, fed in order. Neither does I/O, reads a clock or imports an event
+loop: the I/O shell hands them bytes as they arrive, and ``harness check`` can replay the same
+bytes offline and get the same answer.
+
+1. :class:`SseParser` turns bytes into :class:`Frame` values, following the WHATWG EventSource
+   rules that matter here. A line ends at ``\\n``, ``\\r\\n`` or ``\\r``; a blank line ends an
+   event; ``data:`` lines (one optional space after the colon) are joined with ``\\n``; a line
+   starting with ``:`` is a comment (the ``: ping`` heartbeat), counted in ``comments``;
+   ``event:``, ``id:`` and ``retry:`` are legal and ignored; a leading UTF-8 BOM is skipped. An
+   event whose data is ``[DONE]`` is the done sentinel; any other data must be a JSON object with
+   a string ``type``. An event with no ``data:`` line dispatches nothing.
+2. :class:`UiStream` checks the order of the frames: ``start`` first, carrying
+   ``messageMetadata.runId`` and ``.chatId``; exactly one terminal frame (``finish``, ``error``
+   or ``abort``); then ``[DONE]``; then nothing. The terminal/done rules are the table
+   ``_LIFECYCLE``. It also records what a client would learn (``run_id``, ``text``, ...).
+   Unknown frame types pass without a finding: the stream format grows.
+
+Whatever the server sends, the outcome is data: each problem is a :class:`Finding` with a
+stable ``code`` and the byte ``offset`` where it was seen, and parsing goes on with the next
+event. Exceptions are kept for *our* bugs (feeding after close, feeding ``str``); they are
+raised before any state changes, so the object stays usable for inspection.
+
+Chunking never matters: the frames, findings and counts depend only on the bytes, never on how
+they were split. Lines are decoded only when complete (so a UTF-8 character split across chunks
+is whole when decoded), a ``\\r`` at the end of a chunk is remembered so that a ``\\n`` opening
+the next chunk completes the same ``\\r\\n`` rather than ending an empty line, and the size cap
+counts content bytes by position, so it trips on the same line whatever the chunking.
+
+Memory is bounded: an event whose lines hold more than ``max_event_bytes`` (default 1 MiB) of
+content is reported once (``oversize-event``) and its bytes are dropped until the blank line that
+ends it.
+
+Offsets are absolute byte offsets from the start of the stream (a BOM counts). A frame's
+``offset`` and the offset of a finding about an event are those of the event's first line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+MAX_EVENT_BYTES = 1 << 20
+DONE_DATA = "[DONE]"
+TERMINAL_TYPES = frozenset({"finish", "error", "abort"})
+
+SSE_FINDING_CODES = frozenset({
+    "bad-json", "not-an-object", "missing-type", "unknown-field-line", "bad-utf8",
+    "oversize-event", "truncated",
+})
+STREAM_FINDING_CODES = frozenset({
+    "start-not-first", "start-missing-run-id", "start-missing-chat-id", "second-start",
+    "second-terminal", "no-terminal", "done-before-terminal", "frame-after-terminal", "no-done",
+    "frame-after-done", "error-missing-text", "text-start-missing-id", "text-delta-unknown-part",
+    "text-delta-not-string", "text-end-unknown-part",
+})
+FINDING_CODES = SSE_FINDING_CODES | STREAM_FINDING_CODES
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
+_IGNORED_FIELDS = frozenset({"event", "id", "retry"})
+
+
+class SseUsageError(RuntimeError):
+    """The caller misused a parser (our bug, not the server's): e.g. fed it after ``close()``."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One dispatched event: a JSON object with a string ``type``, or the ``[DONE]`` sentinel.
+
+    ``offset`` (where the event began) is not part of equality, so expected frames can be
+    written as ``Frame({"type": "finish"})``.
+    """
+
+    data: dict[str, Any] | None
+    done: bool = False
+    offset: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.done != (self.data is None):
+            raise ValueError(f"a frame is [DONE] iff it has no data: done={self.done!r}, "
+                             f"data={self.data!r}")
+        if self.data is not None and not isinstance(self.data.get("type"), str):
+            raise ValueError(f"a frame needs a string type: data={self.data!r}")
+
+    @property
+    def type(self) -> str:
+        if self.data is None:
+            return DONE_DATA
+        kind: str = self.data["type"]
+        return kind
+
+
+DONE = Frame(None, done=True)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Malformed framing or a protocol violation by the server, recorded as data."""
+
+    code: str
+    message: str
+    offset: int
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """The wire form the protocol prescribes: ``data: <json>\\n\\n`` (compact JSON, UTF-8)."""
+    if frame.data is None:
+        return b"data: [DONE]\n\n"
+    try:
+        text = json.dumps(frame.data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return f"data: {text}\n\n".encode()
+    except UnicodeEncodeError:  # a lone surrogate: only the \\u escape can carry it
+        text = json.dumps(frame.data, allow_nan=False, separators=(",", ":"))
+        return f"data: {text}\n\n".encode()
+
+
+def _excerpt(text: str | bytes, limit: int = 60) -> str:
+    shown = repr(text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class SseParser:
+    """Bytes in, :class:`Frame` values out; problems go to ``findings``. See the module doc."""
+
+    def __init__(self, *, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.findings: list[Finding] = []
+        self.comments = 0
+        self.closed = False
+        self._offset = 0  # absolute offset of the next byte to arrive
+        self._skip_lf = False  # the last chunk ended with "\r": a leading "\n" belongs to it
+        self._line = bytearray()  # the incomplete line's bytes (empty once oversize)
+        self._line_len = 0  # the incomplete line's length, kept even when its bytes are not
+        self._line_start = 0
+        self._event_start: int | None = None  # None between events
+        self._event_size = 0
+        self._oversize = False
+        self._data: list[str] = []
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Consume one chunk, however split; return the frames it completed."""
+        if self.closed:
+            raise SseUsageError("feed() after close()")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"feed() takes bytes, got {type(data).__name__}")
+        chunk = bytes(data)
+        frames: list[Frame] = []
+        pos = 0
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                pos = 1
+                self._line_start += 1
+        for match in _LINE_END.finditer(chunk, pos):
+            self._grow(chunk[pos:match.start()])
+            line, line_len, line_start = bytes(self._line), self._line_len, self._line_start
+            self._line.clear()
+            self._line_len = 0
+            self._line_start = self._offset + match.end()
+            pos = match.end()
+            if pos == len(chunk) and match.group() == b"\r":
+                self._skip_lf = True
+            frame = self._end_line(line, line_len, line_start)
+            if frame is not None:
+                frames.append(frame)
+        self._grow(chunk[pos:])
+        self._offset += len(chunk)
+        return frames
+
+    def close(self) -> list[Frame]:
+        """End of stream. An event not ended by a blank line is dropped, as EventSource does,
+        and reported as ``truncated``; so this returns no frames (it mirrors ``feed`` so that
+        callers can write ``frames += parser.close()``). A second call does nothing."""
+        if self.closed:
+            return []
+        self.closed = True
+        if self._event_start is not None:
+            self._find("truncated", self._event_start,
+                       f"the stream ended inside an event: "
+                       f"bytes={self._offset - self._event_start!r} after its start, no blank line")
+        return []
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _find(self, code: str, offset: int, message: str) -> None:
+        self.findings.append(Finding(code, message, offset))
+
+    def _grow(self, piece: bytes) -> None:
+        """Add content bytes (no line ending) to the current line and event."""
+        if not piece:
+            return
+        if self._event_start is None:
+            self._event_start = self._line_start
+        self._line_len += len(piece)
+        self._event_size += len(piece)
+        if not self._oversize and self._event_size > self.max_event_bytes:
+            self._oversize = True
+            self._data.clear()
+            self._line.clear()
+            self._find("oversize-event", self._event_start,
+                       f"event over max_event_bytes={self.max_event_bytes!r}; dropped")
+        if not self._oversize:
+            self._line += piece
+
+    def _end_line(self, line: bytes, line_len: int, line_start: int) -> Frame | None:
+        skipped = len(_BOM) if line_start == 0 and line.startswith(_BOM) else 0
+        if line_len == skipped:
+            return self._end_event()
+        if self._oversize:
+            return None
+        content = line[skipped:]
+        if content.startswith(b":"):
+            self.comments += 1
+            return None
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._find("bad-utf8", line_start + skipped + exc.start,
+                       f"invalid UTF-8 ({exc.reason}) in line={_excerpt(content)}")
+            text = content.decode("utf-8", errors="replace")
+        name, colon, value = text.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name not in _IGNORED_FIELDS:
+            self._find("unknown-field-line", line_start,
+                       f"unknown SSE field name={_excerpt(name)} "
+                       f"(expected data, event, id, retry or a ':' comment)")
+        return None
+
+    def _end_event(self) -> Frame | None:
+        start, lines, oversize = self._event_start, self._data, self._oversize
+        self._event_start, self._data, self._oversize, self._event_size = None, [], False, 0
+        if oversize or not lines or start is None:
+            return None
+        return self._decode(start, "\n".join(lines))
+
+    def _decode(self, offset: int, text: str) -> Frame | None:
+        if text == DONE_DATA:
+            return Frame(None, done=True, offset=offset)
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            detail = str(exc) if isinstance(exc, ValueError) else "nested too deep"
+            self._find("bad-json", offset, f"event data is not JSON ({detail}): "
+                                           f"data={_excerpt(text)}")
+            return None
+        if not isinstance(value, dict):
+            self._find("not-an-object", offset,
+                       f"event data is JSON {type(value).__name__}, not an object: "
+                       f"data={_excerpt(text)}")
+            return None
+        if not isinstance(value.get("type"), str):
+            self._find("missing-type", offset,
+                       f"event object has no string type: type={value.get('type')!r}")
+            return None
+        return Frame(value, offset=offset)
+
+
+Phase = Literal["streaming", "ended", "done"]
+Kind = Literal["terminal", "done", "other"]
+
+# (phase, kind of frame) -> (next phase, finding code or None). The "done" phase is absorbing:
+# every later frame is "frame-after-done" and is otherwise ignored.
+_LIFECYCLE: dict[tuple[Phase, Kind], tuple[Phase, str | None]] = {
+    ("streaming", "other"): ("streaming", None),
+    ("streaming", "terminal"): ("ended", None),
+    ("streaming", "done"): ("done", "done-before-terminal"),
+    ("ended", "other"): ("ended", "frame-after-terminal"),
+    ("ended", "terminal"): ("ended", "second-terminal"),
+    ("ended", "done"): ("done", None),
+}
+_LIFECYCLE_MESSAGES = {
+    "done-before-terminal": "[DONE] before any finish, error or abort frame",
+    "frame-after-terminal": "frame type={type!r} after the terminal frame terminal={terminal!r}",
+    "second-terminal": "terminal frame type={type!r} after terminal={terminal!r}",
+}
+
+
+class UiStream:
+    """Checks a sequence of frames against ``protocol.md`` §3, one frame at a time."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self.run_id: str | None = None
+        self.chat_id: str | None = None
+        self.message_id: str | None = None
+        self.terminal: str | None = None
+        self.done = False
+        self.types: list[str] = []
+        self.text = ""
+        self.error_text: str | None = None
+        self.closed = False
+        self._phase: Phase = "streaming"
+        self._started = False
+        self._open_parts: set[str] = set()
+        self._last_offset = 0
+
+    def on_frame(self, frame: Frame, offset: int) -> None:
+        if self.closed:
+            raise SseUsageError("on_frame() after close()")
+        first = not self.types
+        self.types.append(frame.type)
+        self._last_offset = offset
+        if self._phase == "done":
+            self._find("frame-after-done", offset, f"frame type={frame.type!r} after [DONE]")
+            return
+        if first and frame.type != "start":
+            self._find("start-not-first", offset,
+                       f"first frame type={frame.type!r}, expected 'start'")
+        kind: Kind = ("done" if frame.done
+                      else "terminal" if frame.type in TERMINAL_TYPES else "other")
+        self._phase, code = _LIFECYCLE[(self._phase, kind)]
+        if code is not None:
+            self._find(code, offset, _LIFECYCLE_MESSAGES[code].format(type=frame.type,
+                                                                     terminal=self.terminal))
+        if frame.data is None:
+            self.done = True
+            return
+        if kind == "terminal" and code is None:
+            self.terminal = frame.type
+        handler = self._HANDLERS.get(frame.type)
+        if handler is not None and code != "second-terminal":
+            handler(self, frame.data, offset)
+
+    def close(self, end_offset: int | None = None) -> None:
+        """End of stream: report what never came. ``end_offset`` (the stream's length, when
+        known) locates these findings; by default, the last frame's offset. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        at = self._last_offset if end_offset is None else end_offset
+        if not self.types:
+            self._find("start-not-first", at, "the stream ended with no frame, expected 'start'")
+        if self.terminal is None:
+            self._find("no-terminal", at, "the stream ended with no finish, error or abort frame")
+        if not self.done:
+            self._find("no-done", at, "the stream ended with no [DONE]")
+
+    # -- per-type checks -------------------------------------------------------------------
+
+    def _find(self, code: str, offset: int, message: str) -> None:
+        self.findings.append(Finding(code, message, offset))
+
+    def _on_start(self, data: dict[str, Any], offset: int) -> None:
+        if self._started:
+            self._find("second-start", offset, "a second start frame")
+            return
+        self._started = True
+        meta = data.get("messageMetadata")
+        meta = meta if isinstance(meta, dict) else {}
+        run_id, chat_id, message_id = meta.get("runId"), meta.get("chatId"), data.get("messageId")
+        if isinstance(run_id, str) and run_id:
+            self.run_id = run_id
+        else:
+            self._find("start-missing-run-id", offset,
+                       f"start frame without messageMetadata.runId: runId={run_id!r}")
+        if isinstance(chat_id, str) and chat_id:
+            self.chat_id = chat_id
+        else:
+            self._find("start-missing-chat-id", offset,
+                       f"start frame without messageMetadata.chatId: chatId={chat_id!r}")
+        if isinstance(message_id, str):
+            self.message_id = message_id
+
+    def _on_error(self, data: dict[str, Any], offset: int) -> None:
+        text = data.get("errorText")
+        if isinstance(text, str):
+            self.error_text = text
+        else:
+            self._find("error-missing-text", offset, f"error frame errorText={text!r}")
+
+    def _on_text_start(self, data: dict[str, Any], offset: int) -> None:
+        part = data.get("id")
+        if isinstance(part, str):
+            self._open_parts.add(part)
+        else:
+            self._find("text-start-missing-id", offset, f"text-start id={part!r}")
+
+    def _on_text_delta(self, data: dict[str, Any], offset: int) -> None:
+        part, delta = data.get("id"), data.get("delta")
+        if not (isinstance(part, str) and part in self._open_parts):
+            self._find("text-delta-unknown-part", offset,
+                       f"text-delta id={part!r} is not an open text part")
+        if isinstance(delta, str):
+            self.text += delta
+        else:
+            self._find("text-delta-not-string", offset, f"text-delta delta={delta!r}")
+
+    def _on_text_end(self, data: dict[str, Any], offset: int) -> None:
+        part = data.get("id")
+        if isinstance(part, str) and part in self._open_parts:
+            self._open_parts.remove(part)
+        else:
+            self._find("text-end-unknown-part", offset,
+                       f"text-end id={part!r} is not an open text part")
+
+    _HANDLERS: ClassVar[dict[str, Callable[[UiStream, dict[str, Any], int], None]]] = {
+        "start": _on_start,
+        "error": _on_error,
+        "text-start": _on_text_start,
+        "text-delta": _on_text_delta,
+        "text-end": _on_text_end,
+    }
+
+
+def parse_stream(raw: bytes) -> tuple[list[Frame], UiStream]:
+    """Parse and check a whole stream. The returned stream's ``findings`` hold the parser's
+    findings too, all in offset order (the parser's first at the same offset)."""
+    parser = SseParser()
+    frames = parser.feed(raw) + parser.close()
+    stream = UiStream()
+    for frame in frames:
+        stream.on_frame(frame, frame.offset)
+    stream.close(end_offset=len(raw))
+    stream.findings[:] = sorted([*parser.findings, *stream.findings], key=lambda f: f.offset)
+    return frames, stream
