@@ -33,3 +33,14 @@ def test_harness_imports_reference_only_to_start_it() -> None:
     offenders = [str(path.relative_to(ROOT)) for path in (ROOT / "harness").rglob("*.py")
                  if "reference" in imported_roots(path) and path.name not in allowed]
     assert offenders == []
+
+
+PURE_MODULES = ("history.py", "sse.py", "checkers.py", "report.py")
+IO_LIBRARIES = {"trio", "httpx", "h11", "starlette", "psycopg", "psycopg_pool", "uvicorn",
+                "socket", "time", "asyncio", "subprocess"}
+
+
+def test_pure_harness_modules_import_no_io_and_read_no_clock() -> None:
+    offenders = {name: sorted(imported_roots(ROOT / "harness" / name) & IO_LIBRARIES)
+                 for name in PURE_MODULES}
+    assert {k: v for k, v in offenders.items() if v} == {}
