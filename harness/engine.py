@@ -149,6 +149,8 @@ async def run_trial(ctx: TrialContext) -> Trial:
         provider.reset()
         provider.mode_for = lambda nonce: "hold" if nonce in race_nonces else "finish"
     snapshots = []
+    if ctx.writer is not None:
+        ctx.writer.trial_start(meta)
 
     # 1. setup
     chat_id = cfg.chat_id
@@ -158,8 +160,6 @@ async def run_trial(ctx: TrialContext) -> Trial:
             raise TargetUnreachable(_setup_problem(setup))
         chat_id = setup["chat_id"]
     meta["chat_id"] = chat_id
-    if ctx.writer is not None:
-        ctx.writer.trial_start(meta)
     if ctx.db is not None:
         snapshots.append(await ctx.db.snapshot(chat_id, "before"))
 
@@ -247,6 +247,8 @@ async def run_trial(ctx: TrialContext) -> Trial:
     # 8. cleanup: nothing the harness started is left active
     await _cleanup(ctx, rec, P_CLEANUP, chat_id)
 
+    if ctx.writer is not None:
+        ctx.writer.trial_start(meta)  # the completed meta: chat, release instant, spread
     trial = Trial(meta=meta, ops=rec.ops,
                   provider=provider.ledger(ledger_start) if provider is not None else None,
                   db=snapshots if ctx.db is not None else None)

@@ -242,8 +242,12 @@ def loads_trials(text: str) -> tuple[dict[str, Any], list[Trial]]:
                     raise HistoryError(f"line {lineno}: schema {record.get('schema')!r} "
                                        f"is not {SCHEMA_VERSION}")
                 run_meta = record
-            elif kind == "trial":
-                trials[int(record["trial"])] = Trial(meta=record)
+            elif kind == "trial":  # a later record for the same trial completes its meta
+                number = int(record["trial"])
+                if number in trials:
+                    trials[number].meta.update(record)
+                else:
+                    trials[number] = Trial(meta=record)
             elif kind == "op":
                 number = int(record.pop("trial"))
                 op_type = record["type"]
