@@ -72,7 +72,7 @@ async def run_race(opts: RaceOptions) -> RaceOutcome:
     writer_file = None
     if opts.report_dir is not None:
         opts.report_dir.mkdir(parents=True, exist_ok=True)
-        writer_file = open(opts.report_dir / "history.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        writer_file = open(opts.report_dir / "history.jsonl", "w", encoding="utf-8")  # noqa: SIM115, ASYNC230 - line-buffered history writes
     writer = HistoryWriter(writer_file) if writer_file is not None else None
     trials: list[Trial] = []
     results: list[dict[str, CheckResult]] = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
 import secrets
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -77,7 +77,7 @@ async def _serve(opts: ServeOptions, dsn: str, token: str) -> None:
     url = f"http://{opts.host}:{opts.port}"
 
     async def announce() -> None:
-        while not reference.started:
+        while not reference.started:  # noqa: ASYNC110 - uvicorn offers no event
             await asyncio.sleep(0.05)
         print(f"reference server: {url}  (provider: {provider_url}, database: {redact_dsn(dsn)})",
               flush=True)

@@ -31,8 +31,15 @@ from reference.settings import Settings
 from reference.stream_response import RunStreamResponse
 from reference.turn import start_turn
 from reference.turn_input import parse_turn
-from reference.web import (HttpError, bad_request, forbidden, ok, parse_uuid, read_json_object,
-                           unauthorized)
+from reference.web import (
+    HttpError,
+    bad_request,
+    forbidden,
+    ok,
+    parse_uuid,
+    read_json_object,
+    unauthorized,
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ conformance.md §4; the code path each one changes is named beside it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import Enum
+from enum import StrEnum
 
 
-class Fault(str, Enum):
+class Fault(StrEnum):
     # gate.py: the gate's 23505 is logged and swallowed; the turn streams with no run row.
     SWALLOW_UNIQUE_VIOLATION = "swallow-unique-violation"
     # schema.py: the partial unique index is not created; only the pre-check guards (TOCTOU).

@@ -21,6 +21,7 @@ The fault switches that live here are marked ``# FAULT:``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
 
-import asyncio
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import dict_row

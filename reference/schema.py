@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS ai_chat_runs (
     assistant_message_id  uuid REFERENCES ai_chat_messages(id) ON DELETE SET NULL,
     trigger               text NOT NULL DEFAULT 'user',
     status                text NOT NULL DEFAULT 'pending'
-                          CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'aborted')),
+                          CHECK (status IN ('pending', 'running',
+                                            'succeeded', 'failed', 'aborted')),
     error                 text,
     step_count            integer NOT NULL DEFAULT 0,
     stop_requested_at     timestamptz,

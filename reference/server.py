@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="create a user holding this bearer token (repeatable); "
                              "REFERENCE_TOKENS=a,b works too")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = (Settings.from_env(faults=parse_faults(args.fault)) if args.fault
                     else Settings.from_env())

@@ -37,7 +37,8 @@ class RunStreamResponse(Response):
             while True:
                 if getter is None:
                     getter = asyncio.create_task(self.run.queue.get())
-                await asyncio.wait({getter, disconnected}, timeout=self.settings.sse_ping_interval_s,
+                await asyncio.wait({getter, disconnected},
+                                   timeout=self.settings.sse_ping_interval_s,
                                    return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     data = getter.result()

@@ -62,7 +62,8 @@ async def start_turn(rt: Runtime, user_id: UUID, turn: TurnInput) -> LiveRun:
 
 
 async def _begin(rt: Runtime, chat_id: UUID | None, user_id: UUID, turn: TurnInput,
-                 faults: frozenset[Fault]) -> tuple[UUID, Claim | None, ProviderStream | None, UUID | None]:
+                 faults: frozenset[Fault]
+                 ) -> tuple[UUID, Claim | None, ProviderStream | None, UUID | None]:
     """Pre-check, new chat, gate. Returns (chat id, claim or None if untracked, stream, msg)."""
     provider_stream: ProviderStream | None = None
     early_message_id: UUID | None = None

@@ -16,12 +16,12 @@ from uuid import UUID
 import httpx
 import psycopg
 import pytest
+from refkit import Api, FakeProvider, TurnResult, make_settings, running_reference
 
 from harness.cli import main as harness_main
 from reference.faults import VALID_FAULTS, Fault
 from reference.schema import GATE_INDEX
 from reference.settings import Settings, SettingsError
-from refkit import Api, FakeProvider, TurnResult, make_settings, running_reference
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +77,7 @@ async def lock_waiters(dsn: str) -> int:
 async def wait_for_lock_wait(dsn: str) -> None:
     """Until some backend waits on a lock (a request's INSERT behind an open transaction)."""
     async with asyncio.timeout(10):
-        while await lock_waiters(dsn) == 0:
+        while await lock_waiters(dsn) == 0:  # noqa: ASYNC110 - a database condition
             await asyncio.sleep(0.01)
 
 
@@ -115,7 +115,7 @@ async def turn_through_gate(api: Api, dsn: str, chat_id: str, text: str) -> tupl
 async def until_not(predicate: Any) -> None:
     """Bounded poll of an in-process condition with no event of its own."""
     async with asyncio.timeout(10):
-        while predicate():
+        while predicate():  # noqa: ASYNC110 - no event exists for it
             await asyncio.sleep(0.01)
 
 

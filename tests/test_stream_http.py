@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-
 from refkit import Api, FakeProvider, make_settings, running_reference
 
 pytestmark = pytest.mark.anyio
