@@ -16,6 +16,7 @@ from pathlib import Path
 from reference.faults import VALID_FAULTS
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNKNOWN, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: runs stopped, partial history kept
 
 
 def _fault_name(value: str) -> str:
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harness",
         description="Race-testing and conformance harness for AI-chat services that allow "
                     "one active run per chat.",
-        epilog="Exit codes: 0 valid, 1 invalid, 2 usage error, 3 inconclusive, 4 unreachable.")
+        epilog="Exit codes: 0 valid, 1 invalid, 2 usage error, 3 inconclusive, 4 unreachable, "
+               "130 interrupted.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -191,8 +193,6 @@ def _serve_reference(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _race(args: argparse.Namespace) -> int:
@@ -203,7 +203,7 @@ def _race(args: argparse.Namespace) -> int:
     from harness.embedded import EmbeddedStartError
     from harness.engine import RaceConfig, TargetUnreachable
     from harness.postgres import PostgresUnavailable
-    from harness.race import RaceOptions, run_race
+    from harness.race import Interrupted, RaceOptions, run_race
     from harness.report import verdict_table
     from harness.target import ConfigError, Profile, Target, load_profile
 
@@ -239,16 +239,17 @@ def _race(args: argparse.Namespace) -> int:
         report_dir=None if args.report is None else Path(args.report),
         progress=args.trials > 1 and sys.stderr.isatty())
     try:
-        outcome = trio.run(run_race, opts)
+        outcome = trio.run(run_race, opts)  # run_race unwraps nursery exception groups
     except (PostgresUnavailable, EmbeddedStartError, TargetUnreachable) as exc:
         print(f"harness race: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except OSError as exc:
         print(f"harness race: target unreachable: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except KeyboardInterrupt:
-        print("harness race: interrupted; the runs it started were stopped", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"harness race: interrupted ({exc or 'SIGINT'}); the runs it started were "
+              "stopped and the history written so far is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     report = outcome.report
     if args.json:
         print(json.dumps(report, indent=2))
@@ -270,6 +271,9 @@ def _check(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"harness check: {path}: no such file", file=sys.stderr)
         return EXIT_USAGE
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"harness check: {path}: cannot read the history: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except HistoryError as exc:
         print(f"harness check: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -280,3 +284,7 @@ def _check(args: argparse.Namespace) -> int:
                           reproduce=f"harness check {path}")
     print(json.dumps(report, indent=2) if args.json else verdict_table(report))
     return int(report["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -178,7 +178,7 @@ class Racer:
                 event = self.conn.next_event()
                 if event is h11.NEED_DATA:
                     data = await self.stream.receive_some(65536)
-                    self.conn.receive_data(data)
+                    self.conn.receive_data(bytes(data))
                     continue
                 if isinstance(event, h11.Response):
                     resp.status = event.status_code

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,18 @@ class RaceOptions:
     faults: tuple[str, ...] = ()
     report_dir: Path | None = None
     progress: bool = False
-    argv_for_reproduce: list[str] = field(default_factory=list)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: the runs started were stopped, the reports so far kept."""
+
+
+async def _raise_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            raise Interrupted(signal.Signals(signum).name)
 
 
 @dataclass
@@ -65,7 +77,33 @@ def reproduce_line(opts: RaceOptions, seed: int, trials: int | None = None) -> s
     return " ".join(parts)
 
 
+def _single(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The one meaningful error inside a nursery's group (our errors are raised one at a time)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (Interrupted, KeyboardInterrupt):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if len(leaves) == 1 else group
+
+
 async def run_race(opts: RaceOptions) -> RaceOutcome:
+    try:
+        return await _run_race(opts)
+    except BaseExceptionGroup as group:
+        raise _single(group) from group
+
+
+async def _run_race(opts: RaceOptions) -> RaceOutcome:
     base_seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(1 << 32)
     rng = random.Random(base_seed)
     seeds = [base_seed] + [rng.randrange(1 << 32) for _ in range(opts.trials - 1)]
@@ -78,6 +116,7 @@ async def run_race(opts: RaceOptions) -> RaceOutcome:
     results: list[dict[str, CheckResult]] = []
     try:
         async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+            await nursery.start(_raise_on_signal)
             provider: FakeProvider | None = None
             if opts.target is None or opts.provider_listen is not None:
                 provider = FakeProvider()

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from harness.checkers import CheckResult, summarize, worst
+from harness.checkers import CheckResult, Verdict, summarize, worst
 from harness.history import Trial
 
 REPORT_SCHEMA = "raceharness/report/v1"
@@ -50,18 +50,18 @@ def trial_summary(trial: Trial, results: dict[str, CheckResult]) -> dict[str, An
 def build_report(trials: Sequence[Trial], results: Sequence[dict[str, CheckResult]], *,
                  config: dict[str, Any], reproduce: str) -> dict[str, Any]:
     counts = summarize(list(results))
-    properties = {}
+    properties: dict[str, dict[str, Any]] = {}
     for name, c in counts.items():
-        verdict = "invalid" if c["invalid"] else "unknown" if c["unknown"] else "valid"
+        verdict: Verdict = "invalid" if c["invalid"] else "unknown" if c["unknown"] else "valid"
         properties[name] = {"verdict": verdict, **c}
     summaries = [trial_summary(t, r) for t, r in zip(trials, results, strict=True)]
-    verdict = worst(p["verdict"] for p in properties.values()) if properties else "unknown"
+    overall = worst(p["verdict"] for p in properties.values()) if properties else "unknown"
     spreads = [s["release_spread_ms"] for s in summaries if s["release_spread_ms"] is not None]
     first_failure = next((s for s in summaries if s["verdict"] == "invalid"), None)
     return {
         "schema": REPORT_SCHEMA,
-        "verdict": verdict,
-        "exit_code": EXIT_FOR_VERDICT[verdict],
+        "verdict": overall,
+        "exit_code": EXIT_FOR_VERDICT[overall],
         "config": config,
         "reproduce": reproduce,
         "release_spread_ms": {"median": statistics.median(spreads) if spreads else None,

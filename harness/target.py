@@ -74,6 +74,8 @@ def load_profile(path: str | Path) -> Profile:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such profile file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read profile file: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     profile = Profile()
