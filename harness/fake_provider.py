@@ -158,6 +158,8 @@ class FakeProvider:
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return
+        except Exception:  # one connection's failure must never stop the provider
+            log.exception("fake provider: a connection failed")
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -236,7 +238,10 @@ class FakeProvider:
             async def watch() -> None:
                 nonlocal gone
                 while True:
-                    data = await stream.receive_some(65536)
+                    try:
+                        data = await stream.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""  # a reset is a disconnect too
                     if not data:
                         gone = True
                         nursery.cancel_scope.cancel()

@@ -189,6 +189,35 @@ def test_hold_records_the_caller_disconnecting() -> None:
     run(body)
 
 
+def test_a_connection_reset_mid_hold_is_a_disconnect_and_the_provider_keeps_serving() -> None:
+    """A caller that resets (RST) instead of closing must not take the provider down."""
+    import socket
+    import struct
+
+    async def body() -> None:
+        async with serving() as (provider, client):
+            provider.mode_for = modes(h="hold")
+            raw = json.dumps(chat_body("h")).encode()
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", provider.port))
+            await sock.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                            b"content-type: application/json\r\n"
+                            b"content-length: %d\r\n\r\n" % len(raw) + raw)
+            received = b""
+            while b"data: " not in received:  # the held first token
+                received += await sock.recv(65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # linger 0: the peer sees a reset, not an orderly close
+            with trio.fail_after(5):
+                await provider.wait_disconnected("h")
+            response = await client.post("/chat/completions", json=chat_body("after"))
+            assert response.status_code == 200
+            assert [timeless(c)["nonce"] for c in provider.ledger()] == ["h", "after"]
+            assert provider.ledger()[0].disconnected_ns is not None
+
+    run(body)
+
+
 def test_release_all_releases_every_hold_and_reset_forgets_releases() -> None:
     async def held(client: httpx.AsyncClient, stack: AsyncExitStack, nonce: str) -> Events:
         response = await stack.enter_async_context(
