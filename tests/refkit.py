@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psycopg
 import respx
 import uvicorn
 
@@ -279,3 +280,47 @@ class OpenTurn:
     @property
     def chat_id(self) -> str:
         return self.frames[0]["messageMetadata"]["chatId"]  # type: ignore[no-any-return]
+
+
+# -- forcing the gate path ---------------------------------------------------------------------
+
+async def _scalar(dsn: str, query: str) -> Any:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(query)  # type: ignore[arg-type]
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def lock_waiters(dsn: str) -> int:
+    return int(await _scalar(
+        dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+             "AND datname = current_database()"))
+
+
+async def wait_for_lock_wait(dsn: str) -> None:
+    """Until some backend waits on a lock (a request's INSERT behind an open transaction)."""
+    async with asyncio.timeout(10):
+        while await lock_waiters(dsn) == 0:  # noqa: ASYNC110 - a database condition
+            await asyncio.sleep(0.01)
+
+
+async def turn_through_gate(api: Api, dsn: str, chat_id: str, text: str) -> tuple[TurnResult, str]:
+    """A turn forced onto the gate path: an uncommitted holder row is invisible to the
+    pre-check, the request's INSERT waits on the index, and committing the holder makes it
+    conflict (23505). Returns the turn's result and the holder's run id."""
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        cur = await holder.execute(
+            "INSERT INTO ai_chat_runs (chat_id, status) VALUES (%s, 'running') RETURNING id",
+            (chat_id,))
+        row = await cur.fetchone()
+        assert row is not None
+        request = asyncio.create_task(api.turn(text, chat_id))
+        try:
+            await wait_for_lock_wait(dsn)
+            await holder.commit()
+            async with asyncio.timeout(10):
+                result = await request
+        finally:
+            request.cancel()
+    return result, str(row[0])

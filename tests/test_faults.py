@@ -16,7 +16,14 @@ from uuid import UUID
 import httpx
 import psycopg
 import pytest
-from refkit import Api, FakeProvider, TurnResult, make_settings, running_reference
+from refkit import (
+    Api,
+    FakeProvider,
+    lock_waiters,
+    make_settings,
+    running_reference,
+    turn_through_gate,
+)
 
 from harness.cli import main as harness_main
 from reference.faults import VALID_FAULTS, Fault
@@ -68,19 +75,6 @@ async def count_rows(dsn: str) -> dict[str, int]:
             for t in ("ai_chats", "ai_chat_runs", "ai_chat_messages")}
 
 
-async def lock_waiters(dsn: str) -> int:
-    return int(await scalar(
-        dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-             "AND datname = current_database()"))
-
-
-async def wait_for_lock_wait(dsn: str) -> None:
-    """Until some backend waits on a lock (a request's INSERT behind an open transaction)."""
-    async with asyncio.timeout(10):
-        while await lock_waiters(dsn) == 0:  # noqa: ASYNC110 - a database condition
-            await asyncio.sleep(0.01)
-
-
 async def wait_blocked_or_done(dsn: str, task: asyncio.Task[Any],
                                also: asyncio.Event | None = None) -> None:
     """Until ``task`` is done, ``also`` is set, or some backend waits on a lock (bounded)."""
@@ -89,27 +83,6 @@ async def wait_blocked_or_done(dsn: str, task: asyncio.Task[Any],
             if await lock_waiters(dsn) > 0:
                 return
             await asyncio.sleep(0.01)
-
-
-async def turn_through_gate(api: Api, dsn: str, chat_id: str, text: str) -> tuple[TurnResult, str]:
-    """A turn forced onto the gate path: an uncommitted holder row is invisible to the
-    pre-check, the request's INSERT waits on the index, and committing the holder makes it
-    conflict (23505). Returns the turn's result and the holder's run id."""
-    async with await psycopg.AsyncConnection.connect(dsn) as holder:
-        cur = await holder.execute(
-            "INSERT INTO ai_chat_runs (chat_id, status) VALUES (%s, 'running') RETURNING id",
-            (chat_id,))
-        row = await cur.fetchone()
-        assert row is not None
-        request = asyncio.create_task(api.turn(text, chat_id))
-        try:
-            await wait_for_lock_wait(dsn)
-            await holder.commit()
-            async with asyncio.timeout(10):
-                result = await request
-        finally:
-            request.cancel()
-    return result, str(row[0])
 
 
 async def until_not(predicate: Any) -> None:

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from refkit import wait_for_lock_wait
 
 from harness.postgres import PostgresCluster
 from reference.errors import RunAlreadyActiveError, RunBeginFailedError
@@ -93,20 +94,6 @@ def message(dsn: str, message_id: UUID) -> dict[str, Any]:
 def expire(dsn: str, run_id: UUID) -> None:
     sql(dsn, "UPDATE ai_chat_runs SET lease_expires_at = now() - interval '1 hour' WHERE id = %s",
         (run_id,))
-
-
-async def wait_for_lock_wait(dsn: str) -> None:
-    """Until some backend of this database waits on a lock (bounded poll of a DB condition)."""
-    async with asyncio.timeout(10):
-        while True:
-            async with await psycopg.AsyncConnection.connect(dsn) as conn:
-                cur = await conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND datname = current_database()")
-                row = await cur.fetchone()
-            if row and row[0] > 0:
-                return
-            await asyncio.sleep(0.01)
 
 
 async def settle(gate: Gate, claim: Claim, status: str, *, error: str | None = None,

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from refkit import Api, FakeProvider, make_settings, running_reference
+from refkit import Api, FakeProvider, make_settings, running_reference, turn_through_gate
 
 pytestmark = pytest.mark.anyio
 
@@ -135,20 +135,6 @@ async def test_precheck_rejection_writes_nothing_and_calls_no_provider(
     assert 'ai_chat_run_conflicts_total{path="precheck"} 1' in metrics
 
 
-async def wait_for_lock_wait(dsn: str) -> None:
-    """Until some backend waits on a lock (the request's INSERT behind our open transaction)."""
-    async with asyncio.timeout(10):
-        while True:
-            async with await psycopg.AsyncConnection.connect(dsn) as conn:
-                cur = await conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND datname = current_database()")
-                row = await cur.fetchone()
-                if row and row[0] > 0:
-                    return
-            await asyncio.sleep(0.01)
-
-
 async def test_gate_rejection_writes_nothing_and_calls_no_provider(
         pg_dsn: str, users: dict[str, str]) -> None:
     """Force the gate path: an uncommitted holder is invisible to the pre-check, so the
@@ -158,19 +144,10 @@ async def test_gate_rejection_writes_nothing_and_calls_no_provider(
             httpx.AsyncClient(timeout=10) as client:
         api = Api(client, ref.url, users["alice"])
         chat_id = (await api.turn("setup")).chat_id
+        assert chat_id is not None
         before = count_rows(pg_dsn)
         calls_before = provider.route.call_count
-        async with await psycopg.AsyncConnection.connect(pg_dsn) as holder:
-            cur = await holder.execute(
-                "INSERT INTO ai_chat_runs (chat_id, status) VALUES (%s, 'running') RETURNING id",
-                (chat_id,))
-            row = await cur.fetchone()
-            assert row is not None
-            holder_id = str(row[0])
-            request = asyncio.create_task(api.turn("loser", chat_id))
-            await wait_for_lock_wait(pg_dsn)
-            await holder.commit()
-            rejected = await request
+        rejected, holder_id = await turn_through_gate(api, pg_dsn, chat_id, "loser")
         after = count_rows(pg_dsn)
         metrics = (await client.get(ref.url + "/metrics")).text
     assert rejected.status == 409
