@@ -193,7 +193,7 @@ def test_harness_help_via_the_installed_entry_point() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: harness")
     assert "serve-reference" in proc.stdout
-    assert "Exit codes: 0 valid, 1 invalid, 2 usage error, 3 inconclusive, 4 unreachable." in (
+    assert "Exit codes: 0 valid, 1 invalid, 2 usage error, 3 inconclusive, 4 unreachable, 130 interrupted." in (
         " ".join(proc.stdout.split()))
 
 
