@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--fault", action="append", default=[], metavar="NAME",
                         help=f"enable a fault switch (one of: {', '.join(VALID_FAULTS)})")
+    parser.add_argument("--ssl-certfile", help="serve https with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     parser.add_argument("--token", action="append", default=[], metavar="TOKEN",
                         help="create a user holding this bearer token (repeatable); "
                              "REFERENCE_TOKENS=a,b works too")
@@ -73,5 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_schema_sync(settings.database_url, settings.faults)
         for i, token in enumerate(tokens):
             ensure_user_sync(settings.database_url, f"user{i}", token)
-    build_server(settings, args.host, args.port).run()
+    tls: dict[str, object] = {}
+    if args.ssl_certfile:
+        tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+    build_server(settings, args.host, args.port, **tls).run()
     return 0

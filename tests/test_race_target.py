@@ -1,0 +1,117 @@
+"""`harness race --target`: a deployment the harness did not start (here the reference run as
+a separate process over https), with and without the evidence the provider and database
+properties need."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from harness.cli import main
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    url: str
+    token: str
+    provider_port: int
+    dsn: str
+
+
+@pytest.fixture
+def deployment(pg_dsn: str, users: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
+    """The reference over https on its own database, configured with a provider base URL
+    where the harness's fake provider will listen (nothing listens there until it does)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    port, provider_port = free_port(), free_port()
+    env = {**os.environ, "DATABASE_URL": pg_dsn,
+           "PROVIDER_BASE_URL": f"http://127.0.0.1:{provider_port}/v1"}
+    log = open(tmp_path / "reference.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reference", "--port", str(port), "--ssl-certfile",
+         str(cert_file), "--ssl-keyfile", str(key_file)], env=env, stdout=log,
+        stderr=subprocess.STDOUT)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        with httpx.Client(verify=False, timeout=2) as client:
+            while True:  # readiness of another process: a bounded probe
+                assert proc.poll() is None, (tmp_path / "reference.log").read_text()
+                assert time.monotonic() < deadline, "the reference did not become ready"
+                try:
+                    if client.get(url + "/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+        yield Deployment(url, users["alice"], provider_port, pg_dsn)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+
+
+def race(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    code = main(["race", "--json", *argv])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_race_against_an_https_deployment_with_full_evidence_is_valid(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = race(capsys, "--n", "20", "--seed", "2", "--target", deployment.url,
+                        "--token", deployment.token, "--insecure", "--provider-listen",
+                        f"127.0.0.1:{deployment.provider_port}", "--dsn", deployment.dsn)
+    assert report["trials"][0]["statuses"] == {"200": 1, "409": 19}
+    assert {k: v["verdict"] for k, v in report["properties"].items()} == {
+        k: "valid" for k in report["properties"]}
+    assert code == 0
+    assert report["config"]["provider_access"] is True
+    assert report["config"]["db_access"] is True
+
+
+def test_missing_evidence_is_unknown_never_valid(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    """No fake provider and no DSN: the race still runs (the deployment's provider is
+    unreachable, so the winner's run fails), and every property that needed the missing
+    evidence is unknown; the whole verdict is inconclusive or invalid, never valid."""
+    code, report = race(capsys, "--n", "10", "--seed", "4", "--target", deployment.url,
+                        "--token", deployment.token, "--insecure")
+    props = {k: v["verdict"] for k, v in report["properties"].items()}
+    assert props["race/no-loser-provider-call"] == "unknown"
+    assert props["race/winner-provider-call"] == "unknown"
+    assert props["race/no-loser-writes"] == "unknown"
+    assert props["race/one-winner"] == "valid"
+    assert props["race/losers-409"] == "valid"
+    assert report["verdict"] != "valid" and code in (1, 3)
+    assert report["config"]["provider_access"] is False
+    assert report["config"]["db_access"] is False
+
+
+def test_a_wrong_token_is_a_target_error_not_a_verdict(
+        deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["race", "--n", "2", "--target", deployment.url, "--token", "wrong-token",
+                 "--insecure"])
+    captured = capsys.readouterr()
+    assert code == 4
+    assert "the set-up turn was refused with 401: check --token" in captured.err
+    assert "wrong-token" not in captured.err + captured.out
