@@ -193,8 +193,8 @@ def test_harness_help_via_the_installed_entry_point() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: harness")
     assert "serve-reference" in proc.stdout
-    assert "Exit codes: 0 valid, 1 invalid, 2 usage error, 3 inconclusive, 4 unreachable, 130 interrupted." in (
-        " ".join(proc.stdout.split()))
+    assert ("Exit codes: 0 valid, 1 invalid, 2 usage error, 3 inconclusive, 4 unreachable, "
+            "130 interrupted.") in " ".join(proc.stdout.split())
 
 
 def test_serve_reference_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
