@@ -1,0 +1,142 @@
+"""``summary.md``: the verdict for a CI step summary (GitHub caps those at 1 MiB). Pure.
+
+A status word headline (PASSED / FAILED / INCONCLUSIVE, no emoji), the property table, the
+release and server-arrival spreads, the first failing trial with its failing properties and its
+reproduce line, a capped list of the other failing trials, and the configuration line.
+
+Markdown renders inline HTML, images and (on GitHub) math, so every string from the report is
+escaped: ``&``, ``<`` and ``>`` become entities (no tag can start), the punctuation that can
+open a link, image, code span, table cell, strike or formula is backslash-escaped, line breaks
+become spaces (no string starts a line, so block syntax cannot arise), and reproduce lines go
+in a fence longer than any backtick run they hold. Lists and reasons are capped, and the whole
+text is cut at :data:`MAX_BYTES`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from harness.render.text import clean, ms, one_line, ops_text, setting, verdict_word
+
+MAX_BYTES = 256 * 1024
+REASON_LIMIT = 400        # characters of a reason
+LISTED_FAILURES = 10      # failing trials listed after the first
+# what can open a tag, entity, link, image, code span, table cell, strike or formula; "_" is
+# left alone (intraword it emphasises nothing, and codes like A_RUN_ALREADY_ACTIVE are common)
+_SPECIAL = re.compile(r"([\\`*\[\]!|~$])")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def md(value: Any, limit: int | None = REASON_LIMIT) -> str:
+    """Inline text, escaped so it renders as itself and starts no HTML, link or image."""
+    escaped = _SPECIAL.sub(r"\\\1", one_line(value, limit))
+    return re.sub("[&<>]", lambda m: _ENTITIES[m.group()], escaped)
+
+
+def fenced(text: str, info: str = "sh") -> str:
+    """A fenced code block whose fence no backtick run inside can close."""
+    body = clean(text)
+    runs = [len(r) for r in re.findall(r"`+", body)]
+    fence = "`" * max(3, max(runs, default=0) + 1)
+    return f"{fence}{info}\n{body}\n{fence}"
+
+
+def _property_table(report: Mapping[str, Any]) -> list[str]:
+    rows = ["| property | verdict | valid | invalid | unknown |", "|---|---|--:|--:|--:|"]
+    for name, p in (report.get("properties") or {}).items():
+        verdict = md(p.get("verdict"))
+        shown = f"**{verdict}**" if p.get("verdict") == "invalid" else verdict
+        rows.append(f"| {md(name)} | {shown} | {md(p.get('valid'))} | {md(p.get('invalid'))} "
+                    f"| {md(p.get('unknown'))} |")
+    return rows
+
+
+def _scenario_table(report: Mapping[str, Any]) -> list[str]:
+    scenarios = report.get("scenarios") or {}
+    if len(scenarios) < 2 and not any(i.get("skipped") for i in scenarios.values()):
+        return []  # one scenario that ran: the property table says it all
+    rows = ["", "| scenario | verdict | trials | note |", "|---|---|--:|---|"]
+    for name, info in scenarios.items():
+        verdict = md(info.get("verdict"))
+        shown = f"**{verdict}**" if info.get("verdict") == "invalid" else verdict
+        note = info.get("skipped") or info.get("summary") or ""
+        rows.append(f"| {md(name)} | {shown} | {md(info.get('trials'))} | {md(note)} |")
+    return rows
+
+
+def _spreads(report: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for key, what in (("release_spread_ms", "Release spread (last bytes sent)"),
+                      ("server_arrival_spread_ms", "Server arrival spread")):
+        spread = report.get(key) or {}
+        if spread.get("median") is not None:
+            lines.append(f"{what}: median {md(ms(spread.get('median')))}, "
+                         f"max {md(ms(spread.get('max')))}.")
+    if not lines:
+        lines.append("Release spread: not measured.")
+    return lines
+
+
+def _trial_counts(trials: list[Mapping[str, Any]]) -> str:
+    counts = {"valid": 0, "invalid": 0, "unknown": 0}
+    for t in trials:
+        verdict = str(t.get("verdict"))
+        counts[verdict if verdict in counts else "unknown"] += 1
+    return (f"{len(trials)} trial{'s' if len(trials) != 1 else ''}: {counts['valid']} valid, "
+            f"{counts['invalid']} invalid, {counts['unknown']} inconclusive.")
+
+
+def _first_failure(report: Mapping[str, Any], failing: list[Mapping[str, Any]]) -> list[str]:
+    first = failing[0]
+    lines = ["", f"### First failing trial: trial {md(first.get('trial'))} "
+             f"(seed {md(first.get('seed'))})", ""]
+    for name, p in (first.get("properties") or {}).items():
+        if p.get("verdict") == "invalid":
+            lines.append(f"- **{md(name)}**: {md(p.get('reason'))} ({md(ops_text(p.get('ops')))})")
+    lines += ["", "Reproduce:", "", fenced(str(first.get("reproduce") or report.get("reproduce")))]
+    rest = failing[1:]
+    if rest:
+        shown = ", ".join(f"{md(t.get('trial'))} (seed {md(t.get('seed'))})"
+                          for t in rest[:LISTED_FAILURES])
+        more = f", and {len(rest) - LISTED_FAILURES} more" if len(rest) > LISTED_FAILURES else ""
+        lines += ["", f"Other failing trials: {shown}{more}."]
+    return lines
+
+
+def _config_line(report: Mapping[str, Any]) -> str:
+    config = report.get("config") or {}
+    faults = ", ".join(map(str, config.get("faults") or ())) or "none"
+    parts = [f"{key} {setting(config, key)}" for key in ("target", "n", "trials", "seed", "sync")]
+    parts.append(f"faults {faults}")
+    for key, what in (("provider_access", "provider access"), ("db_access", "database access")):
+        if key in config:
+            parts.append(f"{what} {'yes' if config[key] else 'no'}")
+    return "Config: " + md("; ".join(parts), None) + "."
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The summary; always under :data:`MAX_BYTES` of UTF-8."""
+    verdict = report.get("verdict")
+    trials = list(report.get("trials") or ())
+    failing = [t for t in trials if t.get("verdict") == "invalid"]
+    lines = [f"## raceharness: {verdict_word(verdict)}", "",
+             f"Verdict **{md(verdict)}** (exit code {md(report.get('exit_code'))}). "
+             f"{md(_trial_counts(trials))}", "", *_property_table(report),
+             *_scenario_table(report), "", *_spreads(report)]
+    if failing:
+        lines += _first_failure(report, failing)
+    lines += ["", _config_line(report), "", "Reproduce the run:", "",
+              fenced(str(report.get("reproduce") or ""))]
+    text = "\n".join(lines) + "\n"
+    return _capped(text)
+
+
+def _capped(text: str) -> str:
+    data = text.encode("utf-8")
+    if len(data) <= MAX_BYTES:
+        return text
+    note = "\n\n(summary cut at the size limit; report.json and report.html hold it all)\n"
+    cut = data[:MAX_BYTES - len(note.encode())].decode("utf-8", errors="ignore")
+    return cut + note
