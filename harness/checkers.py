@@ -660,7 +660,7 @@ def chats_independent(trial: Trial) -> CheckResult:
 
 # -- composition ---------------------------------------------------------------------------------
 
-CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
+RACE_CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
     "race/overlap-achieved": overlap_achieved,
     "race/one-winner": one_winner,
     "race/losers-409": losers_409,
@@ -674,14 +674,18 @@ CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
     "stream/well-formed": stream_well_formed,
     "chats/independent": chats_independent,
 }
-SINGLE_CHAT_RACE: tuple[str, ...] = tuple(p for p in CHECKERS if p != "chats/independent")
+SINGLE_CHAT_RACE: tuple[str, ...] = tuple(p for p in RACE_CHECKERS if p != "chats/independent")
+# Every property by id: the race properties above, and (registered at the end of this module)
+# those only some scenarios check.
+CHECKERS: dict[str, Callable[[Trial], CheckResult]] = dict(RACE_CHECKERS)
 _RANK: dict[str, int] = {"valid": 0, "unknown": 1, "invalid": 2}
 
 
 def check_trial(trial: Trial, properties: Iterable[str] | None = None) -> dict[str, CheckResult]:
-    """Run the named checkers (all of :data:`CHECKERS` when None) on one trial, in the order
-    given. Never raises for a bad trial: a crashing checker yields ``unknown``."""
-    names = list(CHECKERS) if properties is None else (
+    """Run the named checkers (the race properties, :data:`RACE_CHECKERS`, when None) on one
+    trial, in the order given. Never raises for a bad trial: a crashing checker yields
+    ``unknown``."""
+    names = list(RACE_CHECKERS) if properties is None else (
         [properties] if isinstance(properties, str) else list(properties))
     strangers = [name for name in names if name not in CHECKERS]
     if strangers:
@@ -717,3 +721,10 @@ def summarize(results: list[dict[str, CheckResult]]) -> dict[str, dict[str, int]
             tally = counts.setdefault(name, {"valid": 0, "invalid": 0, "unknown": 0})
             tally[result.verdict] += 1
     return counts
+
+
+# The properties only some scenarios check live in their own module; registered here, after
+# every name they import from this one exists.
+from harness.scenario_checks import SCENARIO_CHECKERS  # noqa: E402
+
+CHECKERS.update(SCENARIO_CHECKERS)

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the verdict's code.")
     check.add_argument("history", help="path to history.jsonl")
     check.add_argument("--json", action="store_true", help="print report.json to stdout")
+    report = sub.add_parser("report", help="re-render a report folder from its history.jsonl",
+                            description="Re-check DIR/history.jsonl and rewrite report.json, "
+                                        "junit.xml, summary.md and report.html in DIR; exits "
+                                        "with the verdict's code.")
+    report.add_argument("dir", metavar="DIR", help="a folder written by --report DIR")
     return parser
 
 
@@ -109,48 +114,91 @@ def _host_port(value: str) -> tuple[str, int]:
 MAX_N = 1000
 
 
+def _add_target_options(p: argparse.ArgumentParser, *, n_default: int | None,
+                        trials_default: int | None) -> None:
+    n_help = "simultaneous requests" + (f" (default {n_default})" if n_default
+                                         else " (default: each scenario's own)")
+    p.add_argument("--n", type=_count, default=n_default, help=n_help)
+    p.add_argument("--trials", type=_count, default=trials_default,
+                   help="independent trials" + (f" (default {trials_default})" if trials_default
+                                                else " (default: each scenario's own)"))
+    p.add_argument("--seed", type=int, help="seed of the first trial (default: random, "
+                   "printed in the reproduce line)")
+    p.add_argument("--sync", choices=("last-byte", "naive"), default="last-byte",
+                   help="release method (default last-byte; naive is a baseline)")
+    p.add_argument("--report", metavar="DIR", help="write history.jsonl, report.json, "
+                   "junit.xml, summary.md and report.html here")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout")
+    p.add_argument("--target", metavar="URL", help="a running deployment (default: embedded)")
+    p.add_argument("--token", default=os.environ.get("HARNESS_TOKEN"),
+                   help="bearer token for --target (env HARNESS_TOKEN)")
+    p.add_argument("--other-token", default=os.environ.get("HARNESS_OTHER_TOKEN"),
+                   help="a second user's token (env HARNESS_OTHER_TOKEN)")
+    p.add_argument("--dsn", default=os.environ.get("HARNESS_DSN"),
+                   help="read-only DSN of the target's database (env HARNESS_DSN): "
+                        "enables the database properties")
+    p.add_argument("--provider-listen", type=_host_port, metavar="HOST:PORT",
+                   help="where the fake provider listens; the target must use "
+                        "http://HOST:PORT/v1 as its provider base URL")
+    p.add_argument("--provider-url", metavar="URL",
+                   help="the URL the target reaches the fake provider by, if it differs")
+    p.add_argument("--profile", metavar="FILE", help="target profile (TOML): paths, auth "
+                   "header, conflict code")
+    p.add_argument("--capability", action="append", default=[], metavar="NAME",
+                   choices=("autonomous-runs", "disconnect-stops"),
+                   help="declare how --target treats a client disconnect, so the disconnect "
+                        "scenarios can run: autonomous-runs or disconnect-stops")
+    p.add_argument("--chat-id", help="race on this existing idle chat instead of a new one")
+    p.add_argument("--fault", action="append", type=_fault_name, default=[], metavar="NAME",
+                   help="embedded only: switch a known bug on in the reference (repeatable)")
+    p.add_argument("--losers-fast-ms", type=_positive, default=1000.0,
+                   help="bound for race/losers-fast (default 1000)")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--allow-large", action="store_true",
+                   help=f"lift the cap of --n {MAX_N} and 20000 total requests")
+
+
+_EPILOG = ("Exit codes: 0 all valid, 1 a property invalid, 2 usage error, 3 inconclusive, "
+           "4 target or environment unreachable, 130 interrupted.")
+
+
 def _add_race(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     race = sub.add_parser(
         "race", help="fire N simultaneous turns on one chat and check the properties",
         description="Fire N stream requests on one idle chat so that they truly arrive "
                     "together (last-byte synchronisation), hold the winner, stop it, and check "
                     "one-winner, losers-409, losers-fast, provider attribution, untracked runs, "
-                    "loser writes, stoppability and release. Without --target it runs against "
-                    "the embedded reference (Postgres, reference and fake provider started and "
-                    "removed by the harness).",
-        epilog="Exit codes: 0 all valid, 1 a property invalid, 2 usage error, 3 inconclusive, "
-               "4 target or environment unreachable.")
-    race.add_argument("--n", type=_count, default=50, help="simultaneous requests (default 50)")
-    race.add_argument("--trials", type=_count, default=1, help="independent trials (default 1)")
-    race.add_argument("--seed", type=int, help="seed of the first trial (default: random, "
-                      "printed in the reproduce line)")
-    race.add_argument("--sync", choices=("last-byte", "naive"), default="last-byte",
-                      help="release method (default last-byte; naive is a baseline)")
-    race.add_argument("--report", metavar="DIR", help="write history.jsonl and report.json here")
-    race.add_argument("--json", action="store_true", help="print report.json to stdout")
-    race.add_argument("--target", metavar="URL", help="a running deployment (default: embedded)")
-    race.add_argument("--token", default=os.environ.get("HARNESS_TOKEN"),
-                      help="bearer token for --target (env HARNESS_TOKEN)")
-    race.add_argument("--other-token", default=os.environ.get("HARNESS_OTHER_TOKEN"),
-                      help="a second user's token (env HARNESS_OTHER_TOKEN)")
-    race.add_argument("--dsn", default=os.environ.get("HARNESS_DSN"),
-                      help="read-only DSN of the target's database (env HARNESS_DSN): "
-                           "enables the database properties")
-    race.add_argument("--provider-listen", type=_host_port, metavar="HOST:PORT",
-                      help="where the fake provider listens; the target must use "
-                           "http://HOST:PORT/v1 as its provider base URL")
-    race.add_argument("--provider-url", metavar="URL",
-                      help="the URL the target reaches the fake provider by, if it differs")
-    race.add_argument("--profile", metavar="FILE", help="target profile (TOML): paths, auth "
-                      "header, conflict code")
-    race.add_argument("--chat-id", help="race on this existing idle chat instead of a new one")
-    race.add_argument("--fault", action="append", type=_fault_name, default=[], metavar="NAME",
-                      help="embedded only: switch a known bug on in the reference (repeatable)")
-    race.add_argument("--losers-fast-ms", type=_positive, default=1000.0,
-                      help="bound for race/losers-fast (default 1000)")
-    race.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    race.add_argument("--allow-large", action="store_true",
-                      help=f"lift the cap of --n {MAX_N} and 20000 total requests")
+                    "loser writes, stoppability and release (the same-chat-burst scenario). "
+                    "Without --target it runs against the embedded reference (Postgres, "
+                    "reference and fake provider started and removed by the harness).",
+        epilog=_EPILOG)
+    _add_target_options(race, n_default=50, trials_default=1)
+    run = sub.add_parser(
+        "run", help="run scenarios by name or file",
+        description="Run catalogue scenarios (see `harness scenarios`) or your own scenario "
+                    "files. A scenario needing a capability the target lacks is skipped with "
+                    "its reason, never passed.", epilog=_EPILOG)
+    run.add_argument("scenarios", nargs="+", metavar="SCENARIO_OR_FILE")
+    _add_target_options(run, n_default=None, trials_default=None)
+    conf = sub.add_parser(
+        "conformance", help="run every applicable scenario; with --faults, the fault matrix",
+        description="Run the whole scenario catalogue against the target. With --faults "
+                    "(embedded only) also run each known fault's scenarios against the "
+                    "reference with that fault switched on, and print the fault x property "
+                    "matrix: every fault must be caught and the correct reference clean.",
+        epilog=_EPILOG)
+    conf.add_argument("--faults", metavar="all|NAME,...",
+                      help="embedded only: the faults to prove caught (all, or a list)")
+    conf.add_argument("--fault-trials", type=_count, default=3, metavar="K",
+                      help="trials for each gate fault's scenario (default 3): a fault counts "
+                           "as caught when any trial catches it, so one unlucky interleaving "
+                           "is no false negative; deterministic faults run one trial")
+    conf.add_argument("--matrix-dir", metavar="DIR",
+                      help="write matrix.json and matrix.md here (with --faults)")
+    _add_target_options(conf, n_default=None, trials_default=None)
+    sub.add_parser("scenarios", help="list the scenario catalogue",
+                   description="List the shipped scenarios with a one-line description, "
+                               "what each needs, and the properties it checks.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,10 +209,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve-reference":
         return _serve_reference(args)
-    if args.command == "race":
-        return _race(args)
+    if args.command in ("race", "run", "conformance"):
+        from harness.commands import run_command
+
+        return run_command(args)
+    if args.command == "scenarios":
+        from harness.commands import list_scenarios
+
+        return list_scenarios()
     if args.command == "check":
         return _check(args)
+    if args.command == "report":
+        return _report(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
 
@@ -195,69 +251,6 @@ def _serve_reference(args: argparse.Namespace) -> int:
 
 
 
-def _race(args: argparse.Namespace) -> int:
-    import json
-
-    import trio
-
-    from harness.embedded import EmbeddedStartError
-    from harness.engine import RaceConfig, TargetUnreachable
-    from harness.postgres import PostgresUnavailable
-    from harness.race import Interrupted, RaceOptions, run_race
-    from harness.report import verdict_table
-    from harness.target import ConfigError, Profile, Target, load_profile
-
-    def usage(message: str) -> int:
-        print(f"harness race: {message}", file=sys.stderr)
-        return EXIT_USAGE
-
-    if not args.allow_large and (args.n > MAX_N or args.n * args.trials > 20000):
-        return usage(f"--n {args.n} x --trials {args.trials} exceeds the safety cap "
-                     f"(n <= {MAX_N}, 20000 requests); pass --allow-large to lift it")
-    target = None
-    try:
-        profile = load_profile(args.profile) if args.profile else Profile()
-        if args.target:
-            if not args.token:
-                return usage("--target needs --token (or HARNESS_TOKEN)")
-            if args.fault:
-                return usage("--fault applies to the embedded reference only, not to --target")
-            target = Target(base_url=args.target, token=args.token,
-                            other_token=args.other_token, profile=profile,
-                            insecure=args.insecure)
-            target.endpoint()
-        elif args.dsn or args.provider_listen or args.chat_id:
-            return usage("--dsn, --provider-listen and --chat-id need --target")
-    except ConfigError as exc:
-        return usage(str(exc))
-    opts = RaceOptions(
-        config=RaceConfig(n=args.n, sync=args.sync, chat_id=args.chat_id,
-                          losers_fast_bound_ms=args.losers_fast_ms),
-        trials=args.trials, seed=args.seed, target=target, dsn=args.dsn,
-        provider_listen=args.provider_listen, provider_url=args.provider_url,
-        faults=tuple(args.fault),
-        report_dir=None if args.report is None else Path(args.report),
-        progress=args.trials > 1 and sys.stderr.isatty())
-    try:
-        outcome = trio.run(run_race, opts)  # run_race unwraps nursery exception groups
-    except (PostgresUnavailable, EmbeddedStartError, TargetUnreachable) as exc:
-        print(f"harness race: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except OSError as exc:
-        print(f"harness race: target unreachable: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"harness race: interrupted ({exc or 'SIGINT'}); the runs it started were "
-              "stopped and the history written so far is kept", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    report = outcome.report
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(verdict_table(report))
-    return int(report["exit_code"])
-
-
 def _check(args: argparse.Namespace) -> int:
     import json
 
@@ -283,6 +276,43 @@ def _check(args: argparse.Namespace) -> int:
     report = build_report(trials, results, config=run_meta,
                           reproduce=f"harness check {path}")
     print(json.dumps(report, indent=2) if args.json else verdict_table(report))
+    return int(report["exit_code"])
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.history import HistoryError
+    from harness.race import check_history
+    from harness.render import write_reports
+    from harness.report import rebuild_report, verdict_table
+    from harness.scenario import ScenarioError, catalogue
+
+    folder = Path(args.dir)
+    path = folder / "history.jsonl"
+
+    def fail(message: str) -> int:
+        print(f"harness report: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    try:
+        run_meta, trials, results = check_history(path)
+    except FileNotFoundError:
+        return fail(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError) as exc:
+        return fail(f"{path}: cannot read the history: {exc}")
+    except HistoryError as exc:
+        return fail(f"{path}: {exc}")
+    if not trials:
+        return fail(f"{path}: no trials in the history")
+    try:
+        summaries = {name: s.summary for name, s in catalogue().items()}
+    except ScenarioError:
+        summaries = {}
+    report = rebuild_report(run_meta, trials, results, summaries)
+    try:
+        write_reports(folder, report, trials)
+    except OSError as exc:
+        return fail(f"{folder}: cannot write the reports: {exc}")
+    print(verdict_table(report))
     return int(report["exit_code"])
 
 

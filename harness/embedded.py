@@ -1,9 +1,10 @@
-"""The embedded default target: Postgres, the reference server and the fake provider, all
-started on free loopback ports and torn down after, even on Ctrl-C.
+"""The embedded default target: Postgres, the reference server (one or several instances) and
+the fake provider, all on free loopback ports and torn down after, even on Ctrl-C.
 
-The reference runs as its own process (``python -m reference``) so the harness talks to it
-only over HTTP, exactly as it would to a deployment it did not start. Its bearer token goes
-through the environment, never the command line.
+The reference runs as its own processes (``python -m reference``) so the harness talks to it
+only over HTTP, exactly as it would to a deployment it did not start. Bearer tokens go through
+the environment, never the command line. Each service gets a database of its own, so a fault
+that changes the schema (``no-unique-index``) never leaks into the next service.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
+import psycopg
 import trio
 
 from harness.postgres import PostgresCluster, provision
@@ -37,11 +39,51 @@ class EmbeddedStartError(Exception):
 
 
 @dataclass
-class EmbeddedStack:
-    target: Target
-    dsn: str
-    cluster: PostgresCluster
+class Instance:
+    url: str
+    port: int
+    env: dict[str, str]
+    process: trio.Process
     log_path: str
+
+
+@dataclass
+class EmbeddedService:
+    """One embedded reference deployment: its instances share one database."""
+
+    dsn: str
+    token: str
+    other_token: str
+    instances: list[Instance] = field(default_factory=list)
+
+    @property
+    def targets(self) -> list[Target]:
+        return [Target(base_url=i.url, token=self.token, other_token=self.other_token)
+                for i in self.instances]
+
+    # -- control (the embedded stack only: the harness never kills what it did not start) --
+
+    async def kill(self, k: int) -> None:
+        """SIGKILL instance ``k``: it dies without ending its runs (a crash)."""
+        proc = self.instances[k].process
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    async def restart(self, k: int) -> None:
+        """Start instance ``k`` again on the same port and database."""
+        old = self.instances[k]
+        self.instances[k] = await _start_process(old.env, old.port)
+
+    def reject_run_inserts(self, on: bool) -> None:
+        """A database failure limited to starting runs: every run INSERT fails (23514) while
+        on. Everything else keeps working, so only the gate's failure path is exercised."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            if on:
+                conn.execute("ALTER TABLE ai_chat_runs ADD CONSTRAINT harness_outage "
+                             "CHECK (false) NOT VALID")
+            else:
+                conn.execute("ALTER TABLE ai_chat_runs DROP CONSTRAINT IF EXISTS harness_outage")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,44 +93,84 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.asynccontextmanager
-async def embedded_stack(provider_url: str, *, faults: Sequence[str] = (),
-                         autonomous_runs: bool = False, dsn: str | None = None,
-                         extra_env: dict[str, str] | None = None,
-                         ) -> AsyncIterator[EmbeddedStack]:
-    t0 = time.monotonic()
+async def embedded_postgres(dsn: str | None = None) -> AsyncIterator[PostgresCluster]:
     cluster = await trio.to_thread.run_sync(provision, dsn)
     try:
-        db_dsn = cluster.dsn
+        yield cluster
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(cluster.close)
+
+
+def _service_database(cluster: PostgresCluster) -> tuple[str, str | None]:
+    """A fresh database for one service (name to drop after), or the DSN's own database when
+    the server does not let us create one."""
+    name = f"rh_{secrets.token_hex(6)}"
+    try:
+        return cluster.create_database(name), name
+    except psycopg.Error:
         if cluster.source != "dsn":
-            db_dsn = await trio.to_thread.run_sync(cluster.create_database, "reference")
-        token = secrets.token_urlsafe(18)
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": db_dsn, "PROVIDER_BASE_URL": provider_url,
-               "REFERENCE_FAULTS": ",".join(faults), "REFERENCE_TOKENS": token,
-               "AUTONOMOUS_RUNS": "true" if autonomous_runs else "false",
-               "HEARTBEAT_INTERVAL_S": "1", "LEASE_S": "10", "REAPER_INTERVAL_S": "2",
-               "POOL_MAX_SIZE": "60", **(extra_env or {})}
-        log_file = tempfile.NamedTemporaryFile(prefix="raceharness-reference-", suffix=".log",
-                                               delete=False)
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "reference", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            raise
+        return cluster.dsn, None
+
+
+@contextlib.asynccontextmanager
+async def reference_service(cluster: PostgresCluster, provider_url: str, *,
+                            faults: Sequence[str] = (), autonomous_runs: bool = False,
+                            lease_s: float | None = None, instances: int = 1,
+                            ) -> AsyncIterator[EmbeddedService]:
+    t0 = time.monotonic()
+    dsn, db_name = await trio.to_thread.run_sync(_service_database, cluster)
+    service = EmbeddedService(dsn=dsn, token=secrets.token_urlsafe(18),
+                              other_token=secrets.token_urlsafe(18))
+    lease = lease_s if lease_s is not None else 10.0
+    env = {**os.environ, "DATABASE_URL": dsn, "PROVIDER_BASE_URL": provider_url,
+           "REFERENCE_FAULTS": ",".join(faults),
+           "REFERENCE_TOKENS": f"{service.token},{service.other_token}",
+           "AUTONOMOUS_RUNS": "true" if autonomous_runs else "false",
+           "HEARTBEAT_INTERVAL_S": str(min(1.0, lease / 3)), "LEASE_S": str(lease),
+           "REAPER_INTERVAL_S": str(min(2.0, lease / 2)), "POOL_MAX_SIZE": "60"}
+    try:
         try:
-            url = f"http://127.0.0.1:{port}"
-            await _wait_ready(url, proc, log_file.name)
-            log.info("embedded reference ready at %s in %.2fs%s", url, time.monotonic() - t0,
+            for k in range(instances):
+                service.instances.append(await _start_process(
+                    {**env, "INSTANCE_ID": f"embedded-{k}"}, free_port()))
+            log.info("embedded reference ready (%d instance%s) in %.2fs%s", instances,
+                     "" if instances == 1 else "s", time.monotonic() - t0,
                      f" (FAULTS: {', '.join(faults)})" if faults else "")
-            yield EmbeddedStack(Target(base_url=url, token=token), db_dsn, cluster,
-                                log_file.name)
+            yield service
         finally:
             with trio.CancelScope(shield=True):
-                await _terminate(proc)
-            log_file.close()
-            if not os.environ.get("HARNESS_KEEP_LOGS"):
-                with contextlib.suppress(OSError):
-                    os.unlink(log_file.name)
+                for instance in service.instances:
+                    await _stop_process(instance)
     finally:
-        await trio.to_thread.run_sync(cluster.close)
+        if db_name is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(cluster.drop_database, db_name)
+
+
+async def _start_process(env: dict[str, str], port: int) -> Instance:
+    log_file = tempfile.NamedTemporaryFile(prefix="raceharness-reference-", suffix=".log",
+                                           delete=False)
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "reference", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log_file.close()
+    instance = Instance(f"http://127.0.0.1:{port}", port, env, proc, log_file.name)
+    try:
+        await _wait_ready(instance.url, proc, log_file.name)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _stop_process(instance)
+        raise
+    return instance
+
+
+async def _stop_process(instance: Instance) -> None:
+    await _terminate(instance.process)
+    if not os.environ.get("HARNESS_KEEP_LOGS"):
+        with contextlib.suppress(OSError):
+            os.unlink(instance.log_path)
 
 
 async def _wait_ready(url: str, proc: trio.Process, log_path: str) -> None:

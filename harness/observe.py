@@ -59,6 +59,26 @@ class ServiceClient:
         return resp.status_code, [{"id": i.get("id"), "status": i.get("status")}
                                   for i in items if isinstance(i, dict)]
 
+    async def latest(self, chat_id: str, token: str | None = None
+                     ) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
+        """``/run``: the chat's latest run and its assistant message (wire shapes)."""
+        resp = await self._client.post(self.target.profile.paths.run, json={"chatId": chat_id},
+                                       headers=self._headers(token))
+        if resp.status_code != 200:
+            return resp.status_code, None, None
+        data = _data(resp)
+        run, message = data.get("run"), data.get("message")
+        return (resp.status_code, run if isinstance(run, dict) else None,
+                message if isinstance(message, dict) else None)
+
+    async def raw(self, method: str, path: str, token: str | None = None, *,
+                  authenticated: bool = True, headers: dict[str, str] | None = None,
+                  **kwargs: Any) -> int:
+        """Any request to the service; only the status matters (probes)."""
+        merged = {**(self._headers(token) if authenticated else {}), **(headers or {})}
+        resp = await self._client.request(method, path, headers=merged, **kwargs)
+        return resp.status_code
+
     async def health(self) -> int:
         resp = await self._client.get(self.target.profile.paths.health)
         return resp.status_code

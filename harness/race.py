@@ -1,12 +1,13 @@
-"""``harness race``: K trials against the embedded reference or a ``--target``, then the
+"""Running scenarios: ``harness race`` (the ``same-chat-burst`` scenario), ``harness run`` and
+``harness conformance`` — trials against the embedded reference or a ``--target``, then the
 checkers, the console verdict and the report folder.
 
+A scenario needing a capability the target lacks is *skipped with its reason*, never passed.
 On Ctrl-C or SIGTERM every run the harness started is stopped (bounded, shielded) before exit.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import signal
@@ -14,36 +15,52 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from harness.checkers import SINGLE_CHAT_RACE, CheckResult, check_trial
-from harness.embedded import embedded_stack
-from harness.engine import RaceConfig, TrialContext, run_trial
+from harness.checkers import SINGLE_CHAT_RACE, CheckResult, check_trial, worst
+from harness.embedded import EmbeddedService, embedded_postgres, reference_service
+from harness.engine import RaceConfig, TrialContext
 from harness.fake_provider import FakeProvider
 from harness.history import HistoryWriter, Trial
 from harness.observe import DbObserver, ServiceClient
+from harness.program import StepNotAvailable, run_scenario_trial
 from harness.report import build_report
+from harness.scenario import Scenario, catalogue
 from harness.target import Target
 
 log = logging.getLogger(__name__)
+
+EMBEDDED_CAPABILITIES = frozenset({"provider", "db", "other-token", "service-control",
+                                   "db-control", "multi-instance"})
 
 
 @dataclass
 class RaceOptions:
     config: RaceConfig
-    trials: int = 1
+    trials: int | None = None     # None: each scenario's own
+    n: int | None = None          # None: each scenario's own
     seed: int | None = None
     target: Target | None = None
     dsn: str | None = None
     provider_listen: tuple[str, int] | None = None
     provider_url: str | None = None
     faults: tuple[str, ...] = ()
+    capabilities: frozenset[str] = frozenset()   # declared for a --target
     report_dir: Path | None = None
     progress: bool = False
+    command: str = "race"
+
+
+@dataclass
+class RaceOutcome:
+    report: dict[str, Any]
+    trials: list[Trial]
+    results: list[dict[str, CheckResult]]
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class Interrupted(Exception):
@@ -58,23 +75,28 @@ async def _raise_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS
             raise Interrupted(signal.Signals(signum).name)
 
 
-@dataclass
-class RaceOutcome:
-    report: dict[str, Any]
-    trials: list[Trial]
-    results: list[dict[str, CheckResult]]
-
-
-def reproduce_line(opts: RaceOptions, seed: int, trials: int | None = None) -> str:
-    parts = ["harness race", f"--n {opts.config.n}", f"--seed {seed}"]
-    if (trials or opts.trials) != 1:
-        parts.append(f"--trials {trials or opts.trials}")
+def reproduce_line(opts: RaceOptions, seed: int, trials: int | None = None,
+                   scenarios: Sequence[str] = ()) -> str:
+    if opts.command == "race":
+        parts = ["harness race", f"--n {opts.n or opts.config.n}"]
+    else:
+        parts = [f"harness run {' '.join(scenarios)}"]
+        if opts.n is not None:
+            parts.append(f"--n {opts.n}")
+    parts.append(f"--seed {seed}")
+    count = trials if trials is not None else opts.trials
+    if count is not None and count != 1:
+        parts.append(f"--trials {count}")
     if opts.config.sync != "last-byte":
         parts.append(f"--sync {opts.config.sync}")
     if opts.target is not None:
         parts.append(f"--target {opts.target.base_url} --token $HARNESS_TOKEN")
     parts += [f"--fault {f}" for f in opts.faults]
     return " ".join(parts)
+
+
+def missing_capabilities(scenario: Scenario, available: frozenset[str]) -> list[str]:
+    return sorted(scenario.requires - available)
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
@@ -97,16 +119,22 @@ def _single(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-ar
 
 
 async def run_race(opts: RaceOptions) -> RaceOutcome:
+    """``harness race``: the same-chat-burst scenario with the command line's N and trials."""
+    opts = replace(opts, command="race", n=opts.n or opts.config.n,
+                   trials=opts.trials or 1)
+    return await run_scenarios(opts, [catalogue()["same-chat-burst"]])
+
+
+async def run_scenarios(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
     try:
-        return await _run_race(opts)
+        return await _run(opts, scenarios)
     except BaseExceptionGroup as group:
         raise _single(group) from group
 
 
-async def _run_race(opts: RaceOptions) -> RaceOutcome:
+async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
     base_seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(1 << 32)
     rng = random.Random(base_seed)
-    seeds = [base_seed] + [rng.randrange(1 << 32) for _ in range(opts.trials - 1)]
     writer_file = None
     if opts.report_dir is not None:
         opts.report_dir.mkdir(parents=True, exist_ok=True)
@@ -114,66 +142,148 @@ async def _run_race(opts: RaceOptions) -> RaceOutcome:
     writer = HistoryWriter(writer_file) if writer_file is not None else None
     trials: list[Trial] = []
     results: list[dict[str, CheckResult]] = []
+    skipped: dict[str, str] = {}
+    embedded = opts.target is None
+    available = EMBEDDED_CAPABILITIES if embedded else _target_capabilities(opts)
     try:
         async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
             await nursery.start(_raise_on_signal)
             provider: FakeProvider | None = None
-            if opts.target is None or opts.provider_listen is not None:
+            if embedded or opts.provider_listen is not None:
                 provider = FakeProvider()
                 host, port = opts.provider_listen or ("127.0.0.1", 0)
                 await nursery.start(provider.serve, host, port)
-            target, dsn = opts.target, opts.dsn
-            if target is None:
-                assert provider is not None
-                stack_ = await stack.enter_async_context(embedded_stack(
-                    opts.provider_url or provider.base_url, faults=opts.faults))
-                target, dsn = stack_.target, stack_.dsn
-            db = DbObserver(dsn, limiter_size=max(8, opts.config.n)) if dsn else None
-            if db is not None:
-                await trio.to_thread.run_sync(db.check)
-            service = ServiceClient(target)
-            stack.push_async_callback(service.aclose)
+            cluster = await stack.enter_async_context(embedded_postgres()) if embedded else None
             if writer is not None:
-                writer.header({"target": "embedded" if opts.target is None else target.base_url,
-                               "faults": list(opts.faults), "n": opts.config.n,
-                               "sync": opts.config.sync, "trials": opts.trials,
-                               "seed": base_seed})
+                writer.header({"target": "embedded" if embedded else opts.target.base_url,  # type: ignore[union-attr]
+                               "command": opts.command, "n": opts.n, "trials": opts.trials,
+                               "sync": opts.config.sync, "faults": list(opts.faults),
+                               "seed": base_seed, "scenarios": [s.name for s in scenarios],
+                               "reproduce": reproduce_line(
+                                   opts, base_seed, scenarios=[s.name for s in scenarios])})
             t0 = time.monotonic()
-            for k, seed in enumerate(seeds):
-                ctx = TrialContext(target=target, config=opts.config, provider=provider, db=db,
-                                   service=service, trial_no=k, seed=seed, writer=writer)
-                try:
-                    trial = await run_trial(ctx)
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await _stop_leftovers(ctx)
-                trials.append(trial)
-                results.append(check_trial(trial, SINGLE_CHAT_RACE))
-                if opts.progress:
-                    verdicts = [r.verdict for r in results[-1].values()]
-                    worst = "invalid" if "invalid" in verdicts else (
-                        "unknown" if "unknown" in verdicts else "valid")
-                    print(f"\rtrial {k + 1}/{len(seeds)}: {worst:8} "
-                          f"({time.monotonic() - t0:.1f}s)", end="", file=sys.stderr, flush=True)
+            for scenario in scenarios:
+                have = available | ({"autonomous-runs"} if embedded and scenario.autonomous_runs
+                                    else {"disconnect-stops"} if embedded else frozenset())
+                missing = missing_capabilities(scenario, have)
+                if missing:
+                    skipped[scenario.name] = "needs " + ", ".join(
+                        f"{m} ({_capability_hint(m)})" for m in missing)
+                    continue
+                async with AsyncExitStack() as per_scenario:
+                    if embedded:
+                        assert provider is not None and cluster is not None
+                        service: EmbeddedService = await per_scenario.enter_async_context(
+                            reference_service(cluster, opts.provider_url or provider.base_url,
+                                              faults=opts.faults,
+                                              autonomous_runs=scenario.autonomous_runs,
+                                              lease_s=scenario.lease_s,
+                                              instances=scenario.instances))
+                        targets, control = service.targets, service
+                        dsn: str | None = service.dsn
+                    else:
+                        assert opts.target is not None
+                        targets, dsn, control = [opts.target], opts.dsn, None
+                    services = [ServiceClient(t) for t in targets]
+                    for svc in services:
+                        per_scenario.push_async_callback(svc.aclose)
+                    n = opts.n or scenario.n
+                    db = DbObserver(dsn, limiter_size=max(8, n)) if dsn else None
+                    if db is not None:
+                        await trio.to_thread.run_sync(db.check)
+                    shared: dict[str, Any] = {}
+                    count = opts.trials or scenario.trials
+                    try:
+                        for _ in range(count):
+                            seed = base_seed if not trials else rng.randrange(1 << 32)
+                            ctx = TrialContext(
+                                target=targets[0], config=replace(opts.config, n=n),
+                                provider=provider, db=db, service=services[0],
+                                trial_no=len(trials), seed=seed, writer=writer,
+                                targets=targets, services=services, control=control)
+                            try:
+                                trial = await run_scenario_trial(ctx, scenario, shared)
+                            finally:
+                                with trio.CancelScope(shield=True):
+                                    await _stop_leftovers(ctx)
+                            trials.append(trial)
+                            results.append(check_trial(trial, scenario.properties))
+                            _progress(opts, scenario, len(trials), results[-1], t0)
+                    except StepNotAvailable as exc:
+                        skipped[scenario.name] = str(exc)
             if opts.progress:
                 print(file=sys.stderr)
             nursery.cancel_scope.cancel()
     finally:
         if writer_file is not None:
             writer_file.close()
-    config = {"n": opts.config.n, "trials": opts.trials, "seed": base_seed,
-              "sync": opts.config.sync, "faults": list(opts.faults),
+    return _outcome(opts, scenarios, base_seed, trials, results, skipped)
+
+
+def _target_capabilities(opts: RaceOptions) -> frozenset[str]:
+    have = set(opts.capabilities)
+    if opts.provider_listen is not None:
+        have.add("provider")
+    if opts.dsn:
+        have.add("db")
+    if opts.target is not None and opts.target.other_token:
+        have.add("other-token")
+    return frozenset(have)
+
+
+def _capability_hint(name: str) -> str:
+    from harness.scenario import CAPABILITIES
+
+    return CAPABILITIES.get(name, name)
+
+
+def _progress(opts: RaceOptions, scenario: Scenario, done: int,
+              result: dict[str, CheckResult], t0: float) -> None:
+    if opts.progress:
+        verdict = worst(r.verdict for r in result.values())
+        print(f"\r{scenario.name}: trial {done} {verdict:8} ({time.monotonic() - t0:.1f}s)",
+              end="", file=sys.stderr, flush=True)
+
+
+def _outcome(opts: RaceOptions, scenarios: Sequence[Scenario], base_seed: int,
+             trials: list[Trial], results: list[dict[str, CheckResult]],
+             skipped: dict[str, str]) -> RaceOutcome:
+    names = [s.name for s in scenarios]
+    config = {"command": opts.command, "scenarios": names, "n": opts.n,
+              "trials": opts.trials, "seed": base_seed, "sync": opts.config.sync,
+              "faults": list(opts.faults),
               "target": "embedded" if opts.target is None else opts.target.base_url,
               "provider_access": opts.target is None or opts.provider_listen is not None,
               "db_access": opts.target is None or opts.dsn is not None,
               "losers_fast_bound_ms": opts.config.losers_fast_bound_ms}
     report = build_report(trials, results, config=config,
-                          reproduce=reproduce_line(opts, base_seed))
+                          reproduce=reproduce_line(opts, base_seed, scenarios=names))
     for summary in report["trials"]:
-        summary["reproduce"] = reproduce_line(opts, summary["seed"], trials=1)
+        scenario = summary.get("scenario") or names[0]
+        summary["reproduce"] = reproduce_line(opts, summary["seed"], trials=1,
+                                              scenarios=[scenario])
+    report["scenarios"] = {
+        s.name: {"summary": s.summary,
+                 "skipped": skipped.get(s.name),
+                 "trials": sum(1 for t in trials if t.meta.get("scenario") == s.name),
+                 "verdict": _scenario_verdict(s.name, trials, results, skipped)}
+        for s in scenarios}
+    if not trials:
+        report["verdict"], report["exit_code"] = "unknown", 3
     if opts.report_dir is not None:
-        (opts.report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return RaceOutcome(report, trials, results)
+        from harness.render import write_reports
+
+        write_reports(opts.report_dir, report, trials)
+    return RaceOutcome(report, trials, results, skipped)
+
+
+def _scenario_verdict(name: str, trials: list[Trial], results: list[dict[str, CheckResult]],
+                      skipped: dict[str, str]) -> str:
+    if name in skipped:
+        return "skipped"
+    verdicts = [r.verdict for t, res in zip(trials, results, strict=True)
+                if t.meta.get("scenario") == name for r in res.values()]
+    return worst(verdicts)
 
 
 async def _stop_leftovers(ctx: TrialContext) -> None:
@@ -192,10 +302,17 @@ async def _stop_leftovers(ctx: TrialContext) -> None:
         await racer.aclose()
 
 
-def check_history(path: Path, properties: Sequence[str] = SINGLE_CHAT_RACE
+def check_history(path: Path, properties: Sequence[str] | None = None
                   ) -> tuple[dict[str, Any], list[Trial], list[dict[str, CheckResult]]]:
+    """Re-run the checkers on a saved history; each trial's scenario decides its properties."""
     from harness.history import loads_trials
 
     run_meta, trials = loads_trials(path.read_text(encoding="utf-8"))
-    results = [check_trial(t, properties) for t in trials]
+    known = catalogue()
+    results = []
+    for trial in trials:
+        props: Sequence[str] = properties or (
+            known[trial.meta["scenario"]].properties
+            if trial.meta.get("scenario") in known else SINGLE_CHAT_RACE)
+        results.append(check_trial(trial, props))
     return run_meta, trials, results

@@ -37,12 +37,13 @@ class ReferenceServer(uvicorn.Server):
 
 
 def build_server(settings: Settings, host: str, port: int, *, access_log: bool = False,
-                 **config: object) -> ReferenceServer:
+                 ssl_certfile: str | None = None,
+                 ssl_keyfile: str | None = None) -> ReferenceServer:
     app = create_app(settings)
     cfg = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
                          lifespan="on", access_log=access_log, log_level="info",
                          timeout_graceful_shutdown=int(settings.stop_wait_s) + 1,
-                         backlog=4096, **config)  # type: ignore[arg-type]
+                         backlog=4096, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     return ReferenceServer(cfg)
 
 
@@ -75,8 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_schema_sync(settings.database_url, settings.faults)
         for i, token in enumerate(tokens):
             ensure_user_sync(settings.database_url, f"user{i}", token)
-    tls: dict[str, object] = {}
-    if args.ssl_certfile:
-        tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
-    build_server(settings, args.host, args.port, **tls).run()
+    build_server(settings, args.host, args.port, ssl_certfile=args.ssl_certfile,
+                 ssl_keyfile=args.ssl_keyfile).run()
     return 0

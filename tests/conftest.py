@@ -68,6 +68,12 @@ def pg_empty_dsn(pg_cluster: PostgresCluster) -> Iterator[str]:
         pg_cluster.drop_database(name)
 
 
+@pytest.fixture(autouse=True)
+def _no_ci_step_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports written by tests must not land in a real CI job's step summary."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """The reference server runs on asyncio (psycopg's async API needs it)."""

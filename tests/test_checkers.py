@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.checkers import (
-    CHECKERS,
+    RACE_CHECKERS,
     SINGLE_CHAT_RACE,
     CheckResult,
     Verdict,
@@ -394,7 +394,7 @@ def test_property(prop: str, make: Callable[[], Trial], verdict: Verdict, ops: t
 def test_every_property_has_a_valid_an_invalid_and_an_unknown_case() -> None:
     seen = {(prop, verdict) for prop, _, verdict, _, _ in CASES}
     never_invalid = {"race/overlap-achieved"}
-    assert {(p, v) for p in CHECKERS for v in ("valid", "invalid", "unknown")
+    assert {(p, v) for p in RACE_CHECKERS for v in ("valid", "invalid", "unknown")
             if not (p in never_invalid and v == "invalid")} <= seen
 
 
@@ -407,7 +407,7 @@ def test_a_malformed_value_crashes_a_checker_into_unknown() -> None:
         "checker crashed: TypeError: op 5: status='abc' is not an int")
     crashed = {p for p, r in results.items() if r.reason.startswith("checker crashed: TypeError")}
     # the released turn's checker and the chat-id check never read the racers' statuses
-    assert crashed == set(CHECKERS) - {"race/released", "chats/independent"}
+    assert crashed == set(RACE_CHECKERS) - {"race/released", "chats/independent"}
     assert {p: r.verdict for p, r in results.items() if p not in crashed} == {
         "race/released": "valid", "chats/independent": "unknown"}
     assert all(r.verdict == "unknown" and r.ops == () for p, r in results.items() if p in crashed)
@@ -421,7 +421,7 @@ def test_check_trial_never_raises_on_garbage() -> None:
                          Op(3, "ok", "runs", 2, 7, None, {"status": 200, "runs": "nope"})],
                     provider=[ProviderCall(0, "x", 1)], db=[DbSnapshot("held", 1)])
     results = check_trial(garbage)
-    assert list(results) == list(CHECKERS)
+    assert list(results) == list(RACE_CHECKERS)
     assert all(r.verdict in ("valid", "invalid", "unknown") for r in results.values())
 
 
@@ -460,12 +460,12 @@ def test_check_trial_keeps_the_order_asked_for() -> None:
 
 
 def test_checkers_are_named_in_the_conformance_order() -> None:
-    assert list(CHECKERS) == [
+    assert list(RACE_CHECKERS) == [
         "race/overlap-achieved", "race/one-winner", "race/losers-409", "race/losers-fast",
         "race/no-loser-provider-call", "race/winner-provider-call", "race/no-untracked-run",
         "race/no-loser-writes", "race/winner-stoppable", "race/released", "stream/well-formed",
         "chats/independent"]
-    assert SINGLE_CHAT_RACE == tuple(list(CHECKERS)[:-1])
+    assert SINGLE_CHAT_RACE == tuple(list(RACE_CHECKERS)[:-1])
 
 
 @pytest.mark.parametrize(("verdicts", "expected"), [

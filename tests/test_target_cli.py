@@ -196,8 +196,8 @@ def test_a_configuration_error_exits_2_with_one_line(argv: str, problem: str,
 def test_allow_large_lifts_the_cap(capsys: pytest.CaptureFixture[str]) -> None:
     """Past the cap, the next check (--dsn without --target) fails fast instead."""
     code, _, err = cli(["race", "--n", "5000", "--allow-large", "--dsn", "x"], capsys)
-    assert (code, err) == (2, "harness race: --dsn, --provider-listen and --chat-id need "
-                              "--target\n")
+    assert (code, err) == (2, "harness race: --dsn, --provider-listen, --chat-id and "
+                              "--capability need --target\n")
 
 
 def test_a_bad_profile_flag_exits_2_naming_the_file(tmp_path: Path,

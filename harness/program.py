@@ -1,0 +1,566 @@
+"""A scenario's steps, run in order on one trial's shared state.
+
+Each step is a method ``step_<name>`` recording facts into the history (never judging). The
+racers' response readers live in one nursery for the whole trial, so a burst's answers keep
+arriving while later steps observe, stop or disconnect. Every wait is bounded; nothing is
+retried. Steps that need a capability the target lacks never run: the scenario is skipped
+before its first trial (see ``suite.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from harness.engine import (
+    Recorder,
+    TargetUnreachable,
+    TrialContext,
+    race_text,
+    turn_body,
+    whole_turn,
+)
+from harness.fire import Racer, release_last_bytes
+from harness.history import DbSnapshot, OpType, Trial
+from harness.scenario import Scenario, Step
+
+P_HOLDER, P_SETUP, P_RELEASED, P_STOP, P_OBSERVE, P_CLEANUP, P_PROBE = (
+    10_000, 10_001, 10_002, 10_003, 10_004, 10_005, 10_100)
+
+
+class StepNotAvailable(Exception):
+    """The step needs something this run does not have (the message says what)."""
+
+
+@dataclass
+class TrialState:
+    readers: trio.Nursery
+    chat_id: str | None = None
+    chats: list[str] = field(default_factory=list)
+    racers: list[Racer] = field(default_factory=list)
+    nonces: list[str] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    recorded: set[int] = field(default_factory=set)
+    winner: int | None = None
+    holder: Racer | None = None
+    previous_run_id: str | None = None
+    holder_recorded: bool = False
+    snapshots: list[DbSnapshot] = field(default_factory=list)
+
+    def winner_run_id(self) -> str | None:
+        if self.winner is None:
+            return None
+        stream = self.racers[self.winner].response.stream
+        return None if stream is None else stream.run_id
+
+
+class Program:
+    def __init__(self, ctx: TrialContext, scenario: Scenario, rec: Recorder,
+                 meta: dict[str, Any], state: TrialState, shared: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.scenario = scenario
+        self.rec = rec
+        self.meta = meta
+        self.state = state
+        self.shared = shared  # survives across trials (reuse_chat)
+
+    async def run(self) -> None:
+        for step in self.scenario.steps:
+            await getattr(self, "step_" + step.do.replace("-", "_"))(step)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @property
+    def bound_s(self) -> float:
+        return self.ctx.config.answer_timeout_s
+
+    def _provider_modes(self, modes: dict[str, str]) -> None:
+        provider = self.ctx.provider
+        if provider is not None:
+            previous = provider.mode_for
+            provider.mode_for = lambda nonce: modes.get(nonce or "", previous(nonce))
+
+    def _record_racer(self, i: int) -> None:
+        st = self.state
+        if i in st.recorded or i in st.failed:
+            return
+        racer = st.racers[i]
+        value = {"sent_ns": racer.sent_ns, **racer.response.summary()}
+        # An answer (a status line) is a known outcome; no answer at all is unknown.
+        kind: OpType = "ok" if racer.response.status is not None else "info"
+        self.rec.add(kind, "turn", i, st.nonces[i], value,
+                     time_ns=racer.response.end_ns or racer.response.headers_ns)
+        st.recorded.add(i)
+
+    async def _stop(self, run_id: str, role: str, instance: int = 0) -> bool | None:
+        self.rec.add("invoke", "stop", P_STOP, None, {"run_id": run_id, "role": role})
+        try:
+            with trio.fail_after(self.bound_s):
+                status, stopped = await self.ctx.services[instance].stop(run_id=run_id)
+        except Exception as exc:  # noqa: BLE001 - the target's failure is a finding
+            self.rec.add("info", "stop", P_STOP, None, {"error": type(exc).__name__})
+            return None
+        self.rec.add("ok", "stop", P_STOP, None, {"status": status, "stopped": stopped})
+        return stopped
+
+    # -- chats ------------------------------------------------------------------------------
+
+    async def step_new_chat(self, step: Step) -> None:
+        if self.scenario.reuse_chat and "chat_id" in self.shared:
+            self.state.chat_id = self.shared["chat_id"]
+            return
+        if self.ctx.config.chat_id is not None:
+            self.state.chat_id = self.ctx.config.chat_id
+            return
+        setup = await whole_turn(self.ctx, self.rec, P_SETUP, "setup", None, self.bound_s)
+        if setup.get("status") != 200 or not setup.get("chat_id"):
+            raise TargetUnreachable(_setup_problem(setup))
+        self.state.chat_id = self.shared["chat_id"] = setup["chat_id"]
+        self.state.previous_run_id = setup.get("run_id")
+
+    async def step_new_chats(self, step: Step) -> None:
+        n = step.arg("n", self.ctx.config.n)
+        results: list[dict[str, Any]] = [{} for _ in range(n)]
+
+        async def one(i: int) -> None:
+            results[i] = await whole_turn(self.ctx, self.rec, P_SETUP + 1 + i, f"setup{i}",
+                                          None, self.bound_s)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+        for result in results:
+            if result.get("status") != 200 or not result.get("chat_id"):
+                raise TargetUnreachable(_setup_problem(result))
+        self.state.chats = [r["chat_id"] for r in results]
+
+    async def step_hold_turn(self, step: Step) -> None:
+        """A turn that holds the chat (the provider holds it after one token)."""
+        nonce = self.ctx.nonce("holder")
+        self._provider_modes({nonce: "hold"})
+        holder = self.ctx.racer(race_text(nonce, "holder"), self.state.chat_id)
+        self.rec.add("invoke", "turn", P_HOLDER, nonce,
+                     {"role": "holder", "chat_id": self.state.chat_id})
+        with trio.fail_after(self.bound_s):
+            await holder.connect()
+            await holder.send_whole()
+            self.state.readers.start_soon(holder.read_response)
+            await holder.answered.wait()
+        self.state.holder = holder
+
+    # -- the burst --------------------------------------------------------------------------
+
+    async def step_burst(self, step: Step) -> None:
+        ctx, st, cfg = self.ctx, self.state, self.ctx.config
+        n = step.arg("n", cfg.n)
+        sync = step.arg("sync", cfg.sync)
+        release = step.arg("release", "together")
+        distinct = step.arg("chats", "same") == "distinct"
+        if distinct and len(st.chats) < n:
+            raise StepNotAvailable(f"burst: chats='distinct' needs {n} chats from new-chats")
+        st.nonces = [ctx.nonce(f"r{i}") for i in range(n)]
+        self._provider_modes({nonce: step.arg("provider", "hold") for nonce in st.nonces})
+        st.racers = [ctx.racer(race_text(st.nonces[i], "racer"),
+                               st.chats[i] if distinct else st.chat_id,
+                               instance=i % len(ctx.targets)) for i in range(n)]
+        self.meta.update(n=n, sync=sync, release=release)
+        async with trio.open_nursery() as nursery:
+            for i, racer in enumerate(st.racers):
+                nursery.start_soon(self._prepare, i, racer,
+                                   sync == "last-byte" and release != "after-first-start")
+        live = [i for i in range(n) if i not in st.failed]
+        release_ns = await self._release(sync, release, live)
+        self.meta["release_ns"] = release_ns
+        sent = [ns for i in live if (ns := st.racers[i].sent_ns) is not None]
+        self.meta["send_spread_ns"] = (max(sent) - min(sent)) if sent else None
+        for i in range(n):
+            chat = st.chats[i] if distinct else st.chat_id
+            if i in st.failed:
+                self.rec.add("invoke", "turn", i, st.nonces[i],
+                             {"role": "racer", "chat_id": chat}, time_ns=release_ns)
+                self.rec.add("fail", "turn", i, st.nonces[i], {"error": st.failed[i]})
+                continue
+            self.rec.add("invoke", "turn", i, st.nonces[i],
+                         {"role": "racer", "chat_id": chat, "sent_ns": st.racers[i].sent_ns},
+                         time_ns=st.racers[i].sent_ns or release_ns)
+        with trio.move_on_after(self.bound_s):
+            for i in live:
+                await st.racers[i].answered.wait()
+        st.winner = _first_winner(st.racers)
+
+    async def _prepare(self, i: int, racer: Racer, withhold: bool) -> None:
+        try:
+            with trio.fail_after(self.ctx.config.connect_timeout_s):
+                await racer.connect()
+                if withhold:
+                    await racer.send_prefix()
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            self.state.failed[i] = f"{type(exc).__name__}: {exc}"
+
+    async def _release(self, sync: str, release: str, live: list[int]) -> int:
+        st = self.state
+        racers = [st.racers[i] for i in live]
+        for racer in racers:
+            st.readers.start_soon(racer.read_response)
+        if release == "after-first-start":
+            release_ns = time.monotonic_ns()
+            await _send_whole(racers[0])
+            with trio.move_on_after(self.bound_s):
+                await racers[0].answered.wait()
+            async with trio.open_nursery() as senders:
+                for racer in racers[1:]:
+                    senders.start_soon(_send_whole, racer)
+            return release_ns
+        if sync == "naive":
+            release_ns = time.monotonic_ns()
+            async with trio.open_nursery() as senders:
+                for racer in racers:
+                    senders.start_soon(_send_whole, racer)
+            return release_ns
+        await trio.sleep(self.ctx.config.settle_ms / 1000)  # let the server take every prefix
+        if release == "when-holder-stopped":
+            holder = st.holder
+            run_id = None if holder is None or holder.response.stream is None else (
+                holder.response.stream.run_id)
+            if run_id is None:
+                raise StepNotAvailable("burst: release='when-holder-stopped' needs hold-turn")
+            await self._stop(run_id, "holder")
+        release_ns, _ = await release_last_bytes(racers)
+        return release_ns
+
+    # -- observing --------------------------------------------------------------------------
+
+    async def step_observe(self, step: Step) -> None:
+        phase = step.arg("phase", "held")
+        chat_id = self.state.chat_id
+        if chat_id is None:
+            raise StepNotAvailable("observe: no chat yet")
+        if self.ctx.target.profile.paths.runs:
+            self.rec.add("invoke", "runs", P_OBSERVE, None, {"chat_id": chat_id, "phase": phase})
+            try:
+                with trio.fail_after(self.bound_s):
+                    status, runs = await self.ctx.service.runs(chat_id)
+            except Exception as exc:  # noqa: BLE001 - the target's failure is a finding
+                self.rec.add("info", "runs", P_OBSERVE, None,
+                             {"phase": phase, "error": type(exc).__name__})
+            else:
+                self.rec.add("ok", "runs", P_OBSERVE, None,
+                             {"phase": phase, "status": status, "runs": runs})
+        if self.ctx.db is not None:
+            self.state.snapshots.append(await self.ctx.db.snapshot(chat_id, phase))
+
+    async def step_wait_run_end(self, step: Step) -> None:
+        """Until the winner's run is terminal (bounded), then record it with its message."""
+        expect = step.arg("expect", "succeeded")
+        self.meta["expect_end"] = expect
+        if self.ctx.provider is not None and expect == "succeeded":
+            self.meta["expected_content"] = "".join(self.ctx.provider.tokens)
+        run_id, chat_id = self.state.winner_run_id(), self.state.chat_id
+        self.rec.add("invoke", "run", P_OBSERVE, None,
+                     {"chat_id": chat_id, "phase": "final", "run_id": run_id})
+        status, run, message = 0, None, None
+        with trio.move_on_after(self.bound_s):
+            while chat_id is not None:
+                try:
+                    status, run, message = await self.ctx.service.latest(chat_id)
+                except Exception:  # noqa: BLE001 - no answer: keep polling within the bound
+                    status = 0
+                else:
+                    if run is None or run.get("status") not in ("pending", "running"):
+                        break
+                await trio.sleep(0.05)  # polling the service's own view: no event to wait on
+        self.rec.add("ok" if status else "info", "run", P_OBSERVE, None, {
+            "phase": "final", "status": status,
+            "runs": [] if run is None else [{"id": run.get("id"), "status": run.get("status")}],
+            "run": None if run is None else {k: run.get(k) for k in ("id", "status", "error")},
+            "message": None if message is None else {
+                "status": message.get("status"), "content": str(message.get("content"))[:2000]},
+        })
+
+    # -- stopping, disconnecting, draining --------------------------------------------------
+
+    async def step_stop_winner(self, step: Step) -> None:
+        st, provider = self.state, self.ctx.provider
+        run_id = st.winner_run_id()
+        if st.winner is None or run_id is None:
+            return
+        owner = st.winner % len(self.ctx.services)  # racers are spread round-robin
+        instance = owner if step.arg("via", "owner") == "owner" else (
+            (owner + 1) % len(self.ctx.services))
+        self.meta["stop_via_instance"] = instance
+        await self._stop(run_id, "winner", instance)
+        bound = self.ctx.config.stop_bound_ms / 1000
+        with trio.move_on_after(bound):
+            await st.racers[st.winner].finished.wait()
+        if provider is not None:
+            with trio.move_on_after(bound):
+                await provider.wait_disconnected(st.nonces[st.winner])
+
+    async def step_disconnect_winner(self, step: Step) -> None:
+        st = self.state
+        if st.winner is None:
+            return
+        racer = st.racers[st.winner]
+        self.rec.add("invoke", "disconnect", P_STOP, st.nonces[st.winner],
+                     {"run_id": st.winner_run_id()})
+        self._record_racer(st.winner)  # what it had seen until it went away
+        await racer.aclose()
+        self.rec.add("ok", "disconnect", P_STOP, st.nonces[st.winner], {})
+
+    async def step_release_provider(self, step: Step) -> None:
+        if self.ctx.provider is not None:
+            self.ctx.provider.mode_for = lambda nonce: "finish"
+            self.ctx.provider.release_all()
+
+    async def step_drain(self, step: Step) -> None:
+        st = self.state
+        await self.step_release_provider(step)
+        with trio.move_on_after(self.ctx.config.drain_timeout_s):
+            for i, racer in enumerate(st.racers):
+                if i not in st.failed and i not in st.recorded:
+                    await racer.finished.wait()
+            if st.holder is not None:
+                await st.holder.finished.wait()
+        for i in range(len(st.racers)):
+            self._record_racer(i)
+        if st.holder is not None and st.holder.response.status is not None \
+                and not st.holder_recorded:
+            st.holder_recorded = True
+            self.rec.add("ok", "turn", P_HOLDER, self.ctx.nonce("holder"),
+                         {"sent_ns": st.holder.sent_ns, **st.holder.response.summary()})
+
+    async def step_released_turn(self, step: Step) -> None:
+        await whole_turn(self.ctx, self.rec, P_RELEASED, "released", self.state.chat_id,
+                         self.bound_s)
+
+    # -- stale stops, foreign users, bad input ----------------------------------------------
+
+    async def step_stale_stop(self, step: Step) -> None:
+        """``/stop`` aimed at the chat's previous (ended) run while a newer run is live."""
+        if self.state.previous_run_id is None:
+            raise StepNotAvailable("stale-stop: no ended run to aim at (new-chat makes one)")
+        await self._stop(self.state.previous_run_id, "stale")
+        await self.step_observe(Step("observe", {"phase": "after-stale"}))
+
+    async def step_foreign_user(self, step: Step) -> None:
+        other = self.ctx.target.other_token
+        chat_id, run_id = self.state.chat_id, self.state.winner_run_id()
+        if other is None or chat_id is None:
+            raise StepNotAvailable("foreign-user: needs --other-token and a chat")
+        paths = self.ctx.target.profile.paths
+        probes: list[tuple[str, str, dict[str, Any]]] = [
+            ("stream", paths.stream, {"content": turn_body(
+                race_text(self.ctx.nonce("foreign"), "foreign"), chat_id),
+                "headers": {"content-type": "application/json"}}),
+            ("stop-run", paths.stop, {"json": {"runId": run_id}}),
+            ("stop-chat", paths.stop, {"json": {"chatId": chat_id}}),
+            ("run", paths.run, {"json": {"chatId": chat_id}}),
+        ]
+        for k, (label, path, kwargs) in enumerate(probes):
+            self.rec.add("invoke", "probe", P_PROBE + k, None,
+                         {"role": "foreign", "label": label, "expect_status": 403})
+            status = await self._probe("POST", path, other, **kwargs)
+            self.rec.add("ok" if status else "info", "probe", P_PROBE + k, None,
+                         {"status": status})
+        if paths.runs:
+            k = len(probes)
+            self.rec.add("invoke", "probe", P_PROBE + k, None,
+                         {"role": "foreign", "label": "runs", "expect_status": 403})
+            status = await self._probe("GET", paths.runs, other, params={"chatId": chat_id})
+            self.rec.add("ok" if status else "info", "probe", P_PROBE + k, None,
+                         {"status": status})
+        await self.step_observe(Step("observe", {"phase": "after-foreign"}))
+
+    async def _probe(self, method: str, path: str, token: str | None, **kwargs: Any) -> int:
+        try:
+            with trio.fail_after(self.bound_s):
+                return await self.ctx.service.raw(method, path, token, **kwargs)
+        except Exception:  # noqa: BLE001 - no answer is recorded as status 0 (info)
+            return 0
+
+    async def step_bad_inputs(self, step: Step) -> None:
+        chat_id = self.state.chat_id
+        nonce = self.ctx.nonce("bad")
+        text = race_text(nonce, "bad-input")
+        good = json.loads(turn_body(text, chat_id))
+        cases: list[tuple[str, bytes, int, bool]] = [
+            ("malformed-json", b'{"messages": [', 400, True),
+            ("array-body", b"[]", 400, True),
+            ("missing-messages", json.dumps({"chatId": chat_id}).encode(), 400, True),
+            ("text-not-a-string", json.dumps({**good, "messages": [
+                {"role": "user", "parts": [{"type": "text", "text": 7}]}]}).encode(), 400, True),
+            ("no-user-text", json.dumps({**good, "messages": [
+                {"role": "user", "parts": [{"type": "text", "text": "   "}]}]}).encode(),
+             400, True),
+            ("chat-id-not-a-uuid", json.dumps({**good, "chatId": "not-a-uuid"}).encode(),
+             400, True),
+            ("oversize", json.dumps({**good, "pad": "x" * (1024 * 1024 + 16)}).encode(),
+             413, True),
+            ("no-token", turn_body(text, chat_id), 401, False),
+        ]
+        paths = self.ctx.target.profile.paths
+        for k, (label, body, expect, auth) in enumerate(cases):
+            self.rec.add("invoke", "probe", P_PROBE + k, nonce,
+                         {"role": "bad-input", "label": label, "expect_status": expect})
+            status = await self._probe("POST", paths.stream, None, authenticated=auth,
+                                       content=body, headers={"content-type": "application/json"})
+            self.rec.add("ok" if status else "info", "probe", P_PROBE + k, nonce,
+                         {"status": status})
+
+    # -- control of the embedded stack (crash-recovery, db-outage) -------------------------
+
+    def _control(self, step: str) -> Any:
+        if self.ctx.control is None:
+            raise StepNotAvailable(f"{step}: needs the embedded stack (the harness never kills "
+                                   "or breaks what it did not start)")
+        return self.ctx.control
+
+    async def step_kill_owner(self, step: Step) -> None:
+        """SIGKILL the instance that streams the winner's run: a crash, no cleanup."""
+        control, st = self._control("kill-owner"), self.state
+        owner = 0 if st.winner is None else st.winner % len(self.ctx.targets)
+        self.rec.add("invoke", "kill", P_STOP, None, {"instance": owner,
+                                                      "run_id": st.winner_run_id()})
+        await control.kill(owner)
+        self.rec.add("ok", "kill", P_STOP, None, {"instance": owner})
+        self.meta["killed_instance"] = owner
+
+    async def step_restart_service(self, step: Step) -> None:
+        """Start the killed instance again; then a turn within the lease must still get 409."""
+        control = self._control("restart-service")
+        k = self.meta.get("killed_instance", 0)
+        await control.restart(k)
+        await whole_turn(self.ctx, self.rec, P_PROBE, "blocked", self.state.chat_id,
+                         self.bound_s)
+
+    async def step_expire_lease(self, step: Step) -> None:
+        """Wait (bounded by three leases) until the dead owner's run is reclaimed."""
+        self.meta["expect_reclaim"] = True
+        run_id, chat_id = self.state.winner_run_id(), self.state.chat_id
+        lease_s = self.scenario.lease_s or 10.0
+        self.rec.add("invoke", "run", P_OBSERVE, None,
+                     {"chat_id": chat_id, "phase": "reclaimed", "run_id": run_id})
+        status, run = 0, None
+        with trio.move_on_after(3 * lease_s + 5):
+            while chat_id is not None:
+                try:
+                    status, run, _ = await self.ctx.service.latest(chat_id)
+                except Exception:  # noqa: BLE001 - no answer: keep polling within the bound
+                    status = 0
+                else:
+                    if run is None or run.get("status") not in ("pending", "running"):
+                        break
+                await trio.sleep(0.1)  # the lease is a clock: nothing to await but time
+        self.rec.add("ok" if status else "info", "run", P_OBSERVE, None, {
+            "phase": "reclaimed", "status": status,
+            "runs": [] if run is None else [{"id": run.get("id"), "status": run.get("status")}],
+            "run": None if run is None else {k: run.get(k) for k in ("id", "status", "error")}})
+
+    async def step_database_outage(self, step: Step) -> None:
+        """While run inserts fail in the database, N turns must each get 503
+        A_RUN_BEGIN_FAILED: no stream, no provider call."""
+        control = self._control("database-outage")
+        n = self.ctx.config.n
+        await trio.to_thread.run_sync(control.reject_run_inserts, True)
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(whole_turn, self.ctx, self.rec, P_PROBE + i,
+                                       f"outage{i}", self.state.chat_id, self.bound_s)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(control.reject_run_inserts, False)
+
+
+async def _send_whole(racer: Racer) -> None:
+    try:
+        await racer.send_whole()
+    except (OSError, trio.BrokenResourceError) as exc:
+        racer.response.error = f"send failed: {type(exc).__name__}"
+        racer.answered.set()
+        racer.finished.set()
+
+
+def _first_winner(racers: list[Racer]) -> int | None:
+    winners = [i for i, r in enumerate(racers) if r.response.status == 200
+               and r.response.headers_ns]
+    tracked = [i for i in winners if racers[i].response.stream
+               and racers[i].response.stream.run_id]  # type: ignore[union-attr]
+    pool = tracked or winners
+    return min(pool, key=lambda i: racers[i].response.headers_ns or 0) if pool else None
+
+
+def _setup_problem(setup: dict[str, Any]) -> str:
+    status = setup.get("status")
+    if status is None:
+        return f"the set-up turn got no answer ({setup.get('error', 'no response')})"
+    if status in (401, 403):
+        return f"the set-up turn was refused with {status}: check --token"
+    return f"the set-up turn answered {status}, not a 200 stream with a chatId"
+
+
+async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
+                             shared: dict[str, Any]) -> Trial:
+    """One trial of ``scenario``: its steps, then cleanup; returns the evidence."""
+    cfg = ctx.config
+    rec = Recorder(ctx.trial_no, ctx.writer)
+    meta: dict[str, Any] = {
+        "trial": ctx.trial_no, "seed": ctx.seed, "scenario": scenario.name, "n": cfg.n,
+        "sync": cfg.sync, "losers_fast_bound_ms": cfg.losers_fast_bound_ms,
+        "stop_bound_ms": cfg.stop_bound_ms, "provider_access": ctx.provider is not None,
+        "db_access": ctx.db is not None, "instances": len(ctx.targets),
+    }
+    provider = ctx.provider
+    ledger_start = len(provider.calls) if provider is not None else 0
+    if provider is not None:
+        provider.reset()
+        provider.mode_for = lambda nonce: "finish"
+    if ctx.writer is not None:
+        ctx.writer.trial_start(meta)
+    unavailable: StepNotAvailable | None = None
+    async with trio.open_nursery() as readers:
+        state = TrialState(readers=readers)
+        program = Program(ctx, scenario, rec, meta, state, shared)
+        try:
+            await program.run()
+        except StepNotAvailable as exc:  # re-raised outside the nursery, not in a group
+            unavailable = exc
+        finally:
+            ctx.racers = [*state.racers, *([state.holder] if state.holder else [])]
+            with trio.CancelScope(shield=True):
+                await program.step_drain(Step("drain"))
+                await _cleanup(program)
+            readers.cancel_scope.cancel()
+    if unavailable is not None:
+        raise unavailable
+    meta["chat_id"] = state.chat_id
+    if ctx.writer is not None:
+        ctx.writer.trial_start(meta)  # the completed meta: chat, release instant, spread
+    trial = Trial(meta=meta, ops=rec.ops,
+                  provider=provider.ledger(ledger_start) if provider is not None else None,
+                  db=state.snapshots if ctx.db is not None else None)
+    if ctx.writer is not None:
+        ctx.writer.provider(ctx.trial_no, trial.provider)
+        ctx.writer.db(ctx.trial_no, trial.db)
+    return trial
+
+
+async def _cleanup(program: Program) -> None:
+    """Stop every run still active on the trial's chats (bounded; recorded)."""
+    ctx, st = program.ctx, program.state
+    if not ctx.target.profile.paths.runs:
+        return
+    chats = [c for c in [st.chat_id, *st.chats] if c]
+    with trio.move_on_after(10):
+        for chat_id in chats:
+            try:
+                status, runs = await ctx.service.runs(chat_id)
+            except Exception:  # noqa: BLE001 - best effort; the lease reclaims the rest
+                continue
+            for run in runs or []:
+                if run.get("status") in ("pending", "running") and run.get("id"):
+                    await program._stop(str(run["id"]), "cleanup")

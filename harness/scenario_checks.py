@@ -1,0 +1,239 @@
+"""Pure checkers for the properties only some scenarios need (beyond conformance.md §2's race
+properties): a run's expected end, stale stops, foreign users and bad input.
+
+Evidence conventions (recorded by ``program.py``):
+
+- ``run`` op, phase ``final`` (``wait-run-end``): ok ``{status, run: {id, status, error},
+  message: {status, content}}``; ``trial.meta.expect_end`` is the status the scenario expects
+  and ``expected_content`` the provider's whole answer when the run must have finished.
+- ``stop`` op with invoke role ``stale``: a stop aimed at the chat's previous, ended run.
+- ``probe`` ops (invoke ``{role: foreign|bad-input, label, expect_status}``; ok ``{status}``).
+"""
+
+from __future__ import annotations
+
+from harness.checkers import CheckResult, _int, find_winner, run_observations, turns
+from harness.history import Trial
+
+ACTIVE = ("pending", "running")
+
+
+def _winner_run_id(trial: Trial) -> str | None:
+    winner = find_winner(turns(trial, "racer"))
+    return None if winner is None else winner.run_id
+
+
+def run_expected_end(trial: Trial) -> CheckResult:
+    prop = "run/expected-end"
+    expect = trial.meta.get("expect_end")
+    if expect is None:
+        return CheckResult(prop, "unknown", "the scenario named no expected end")
+    run_id = _winner_run_id(trial)
+    if run_id is None:
+        return CheckResult(prop, "unknown", "no run started, so none could end")
+    finals = [(inv, comp) for inv, comp in trial.completions("run")
+              if inv.get("phase") == "final"]
+    if not finals or finals[-1][1] is None or finals[-1][1].type != "ok":
+        return CheckResult(prop, "unknown", "the run's end was not observed")
+    comp = finals[-1][1]
+    if _int(comp.get("status"), f"op {comp.index}: status") != 200:
+        return CheckResult(prop, "unknown", f"/run answered {comp.get('status')}: the run's end "
+                           "was not observed", (comp.index,))
+    run, message = comp.get("run"), comp.get("message")
+    if not isinstance(run, dict) or run.get("id") != run_id:
+        return CheckResult(prop, "invalid", f"/run does not show the run {run_id} as the "
+                           f"chat's latest (saw {run!r})", (comp.index,))
+    status = run.get("status")
+    if status in ACTIVE:
+        return CheckResult(prop, "invalid", f"run {run_id} is still {status} after the bound",
+                           (comp.index,))
+    if status != expect:
+        return CheckResult(prop, "invalid", f"run {run_id} ended {status!r} "
+                           f"(error {run.get('error')!r}), expected {expect!r}", (comp.index,))
+    content = trial.meta.get("expected_content")
+    if expect == "succeeded" and content is not None:
+        if not isinstance(message, dict) or message.get("status") != "completed":
+            return CheckResult(prop, "invalid", f"run {run_id} succeeded but its message is "
+                               f"{message!r}, not completed", (comp.index,))
+        if message.get("content") != content:
+            return CheckResult(prop, "invalid", f"run {run_id} persisted "
+                               f"{message.get('content')!r}, the provider sent {content!r}",
+                               (comp.index,))
+    return CheckResult(prop, "valid", f"run {run_id} ended {status} as expected", (comp.index,))
+
+
+def stale_stop_ignored(trial: Trial) -> CheckResult:
+    prop = "stop/stale-ignored"
+    stale = [(inv, comp) for inv, comp in trial.completions("stop") if inv.get("role") == "stale"]
+    if not stale:
+        return CheckResult(prop, "unknown", "no stale stop was sent")
+    inv, comp = stale[-1]
+    if comp is None or comp.type != "ok":
+        return CheckResult(prop, "unknown", "the stale stop got no answer", (inv.index,))
+    status = _int(comp.get("status"), f"op {comp.index}: status")
+    if status != 200 or comp.get("stopped") is not False:
+        return CheckResult(prop, "invalid", f"a stop aimed at the ended run {inv.get('run_id')} "
+                           f"answered {status} stopped={comp.get('stopped')!r}, "
+                           "expected 200 stopped:false", (comp.index,))
+    run_id = _winner_run_id(trial)
+    if run_id is None:
+        return CheckResult(prop, "unknown", "no newer run was live to be hit by the stale stop")
+    seen = run_observations(trial, "after-stale", run_id)
+    if not seen:
+        return CheckResult(prop, "unknown", "the newer run was not observed after the stale stop")
+    hit = [status for _, status in seen if status not in ACTIVE]
+    if hit:
+        return CheckResult(prop, "invalid", f"after a stop aimed at an ended run, the newer run "
+                           f"{run_id} is {hit[0]!r}", (comp.index,))
+    return CheckResult(prop, "valid", "the stale stop answered stopped:false and the newer run "
+                       "kept running", (comp.index,))
+
+
+def _probes(trial: Trial, role: str) -> list[tuple[str, int | None, int | None, int]]:
+    """(label, expected status, status or None without an answer, op index)."""
+    out = []
+    for inv, comp in trial.completions("probe"):
+        if inv.get("role") != role:
+            continue
+        status = (_int(comp.get("status"), f"op {comp.index}: status")
+                  if comp is not None and comp.type == "ok" else None)
+        out.append((str(inv.get("label")), inv.get("expect_status"), status,
+                    (comp or inv).index))
+    return out
+
+
+def foreign_denied(trial: Trial) -> CheckResult:
+    prop = "auth/foreign-denied"
+    probes = _probes(trial, "foreign")
+    if not probes:
+        return CheckResult(prop, "unknown", "no request was made with another user's token")
+    bad = [p for p in probes if p[2] is not None and p[2] != 403]
+    if bad:
+        return CheckResult(prop, "invalid", "another user's token got "
+                           + "; ".join(f"{label}: {status}" for label, _, status, _ in bad)
+                           + " (expected 403 everywhere)", tuple(p[3] for p in bad))
+    silent = [p for p in probes if p[2] is None]
+    if silent:
+        return CheckResult(prop, "unknown", f"{len(silent)} foreign request(s) got no answer",
+                           tuple(p[3] for p in silent))
+    run_id = _winner_run_id(trial)
+    seen = [] if run_id is None else run_observations(trial, "after-foreign", run_id)
+    hit = [status for _, status in seen if status not in ACTIVE]
+    if hit:
+        return CheckResult(prop, "invalid", f"after the foreign user's requests the owner's "
+                           f"run {run_id} is {hit[0]!r}: a side effect")
+    if not seen:
+        return CheckResult(prop, "unknown", f"all {len(probes)} foreign requests got 403, but "
+                           "the owner's run was not observed after them: nothing proves no side "
+                           "effect", tuple(p[3] for p in probes))
+    return CheckResult(prop, "valid", f"all {len(probes)} foreign requests got 403, no side "
+                       "effect", tuple(p[3] for p in probes))
+
+
+def input_rejected_cleanly(trial: Trial) -> CheckResult:
+    prop = "input/rejected-cleanly"
+    probes = _probes(trial, "bad-input")
+    if not probes:
+        return CheckResult(prop, "unknown", "no bad input was sent")
+    wrong = [p for p in probes if p[2] is not None and p[2] != p[1]]
+    if wrong:
+        return CheckResult(prop, "invalid", "; ".join(
+            f"{label}: {status}, expected {expect}" for label, expect, status, _ in wrong),
+            tuple(p[3] for p in wrong))
+    nonces = {op.nonce for op in trial.ops if op.f == "probe" and op.nonce}
+    if trial.provider is not None:
+        calls = [c for c in trial.provider if c.nonce in nonces]
+        if calls:
+            return CheckResult(prop, "invalid", f"{len(calls)} provider call(s) for rejected "
+                               "input")
+    before, after = trial.db_snapshot("before"), trial.db_snapshot("after")
+    if before is not None and after is not None and (
+            len(after.runs) != len(before.runs) or len(after.messages) != len(before.messages)):
+        return CheckResult(prop, "invalid", f"rejected input wrote rows: runs "
+                           f"{len(before.runs)}→{len(after.runs)}, messages "
+                           f"{len(before.messages)}→{len(after.messages)}")
+    silent = [p for p in probes if p[2] is None]
+    if silent:
+        return CheckResult(prop, "unknown", f"{len(silent)} bad request(s) got no answer",
+                           tuple(p[3] for p in silent))
+    if trial.provider is None or before is None or after is None:
+        return CheckResult(prop, "unknown", "statuses are right, but without provider and "
+                           "database access nothing proves no side effect")
+    return CheckResult(prop, "valid", f"all {len(probes)} bad requests got their 4xx, no rows, "
+                       "no provider call", tuple(p[3] for p in probes))
+
+
+def outage_fails_closed(trial: Trial) -> CheckResult:
+    prop = "outage/fails-closed"
+    outage = [t for t in turns(trial) if str(t.invoke.get("role", "")).startswith("outage")]
+    if not outage:
+        return CheckResult(prop, "unknown", "no turn was sent during a database failure")
+    bad = [t for t in outage if t.outcome == "ok" and (
+        t.status != 503 or t.code != "A_RUN_BEGIN_FAILED")]
+    if bad:
+        return CheckResult(prop, "invalid", f"{len(bad)} of {len(outage)} turns during the "
+                           "database failure were not 503 A_RUN_BEGIN_FAILED: "
+                           + "; ".join(f"op {t.index}: {t.status} runId={t.run_id}"
+                                       for t in bad[:5]), tuple(t.index for t in bad))
+    nonces = {t.invoke.nonce for t in outage}
+    if trial.provider is not None:
+        calls = [c for c in trial.provider if c.nonce in nonces]
+        if calls:
+            return CheckResult(prop, "invalid", f"{len(calls)} provider call(s) for turns "
+                               "that could not begin")
+    unanswered = [t for t in outage if t.outcome != "ok"]
+    if unanswered:
+        return CheckResult(prop, "unknown", f"{len(unanswered)} turns got no answer",
+                           tuple(t.index for t in unanswered))
+    if trial.provider is None:
+        return CheckResult(prop, "unknown", "503s as expected, but without provider access "
+                           "nothing proves no provider call")
+    return CheckResult(prop, "valid", f"all {len(outage)} turns got 503 A_RUN_BEGIN_FAILED, "
+                       "no provider call", tuple(t.index for t in outage))
+
+
+def lease_reclaims(trial: Trial) -> CheckResult:
+    prop = "recovery/lease-reclaims"
+    run_id = _winner_run_id(trial)
+    if run_id is None:
+        return CheckResult(prop, "unknown", "no run was live when its owner died")
+    blocked = turns(trial, "blocked")
+    bad_block = [t for t in blocked if t.outcome == "ok" and t.status != 409]
+    if bad_block:
+        return CheckResult(prop, "invalid", f"within the lease of the dead owner's run a new "
+                           f"turn got {bad_block[0].status}, not 409 (the chat must stay "
+                           "blocked until the lease expires)", (bad_block[0].index,))
+    if not any(t.outcome == "ok" for t in blocked):
+        return CheckResult(prop, "unknown", "no turn within the lease got an answer",
+                           tuple(t.index for t in blocked))
+    finals = [(inv, comp) for inv, comp in trial.completions("run")
+              if inv.get("phase") == "reclaimed"]
+    if not finals or finals[-1][1] is None or finals[-1][1].type != "ok":
+        return CheckResult(prop, "unknown", "the dead owner's run was not observed")
+    comp = finals[-1][1]
+    if _int(comp.get("status"), f"op {comp.index}: status") != 200:
+        return CheckResult(prop, "unknown", f"/run answered {comp.get('status')}: the dead "
+                           "owner's run was not observed", (comp.index,))
+    run = comp.get("run")
+    if not isinstance(run, dict) or run.get("id") != run_id:
+        return CheckResult(prop, "unknown", f"/run shows another run than {run_id}",
+                           (comp.index,))
+    if run.get("status") in ACTIVE:
+        return CheckResult(prop, "invalid", f"the dead owner's run {run_id} is still "
+                           f"{run.get('status')} three leases later: nothing reclaims it",
+                           (comp.index,))
+    if run.get("status") != "aborted":
+        return CheckResult(prop, "invalid", f"the dead owner's run {run_id} ended "
+                           f"{run.get('status')!r}, expected aborted", (comp.index,))
+    return CheckResult(prop, "valid", f"blocked within the lease, then {run_id} aborted "
+                       f"({run.get('error')!r})", (comp.index,))
+
+
+SCENARIO_CHECKERS = {
+    "outage/fails-closed": outage_fails_closed,
+    "recovery/lease-reclaims": lease_reclaims,
+    "run/expected-end": run_expected_end,
+    "stop/stale-ignored": stale_stop_ignored,
+    "auth/foreign-denied": foreign_denied,
+    "input/rejected-cleanly": input_rejected_cleanly,
+}

@@ -1,0 +1,561 @@
+"""The scenario checkers (``scenario_checks.py``), Jepsen style: literal trials in, whole results
+out.
+
+Each trial is written in the exact op shapes ``program.py`` records (``wait-run-end``,
+``stale-stop``, ``foreign-user``, ``bad-inputs``, ``database-outage``, ``restart-service``,
+``expire-lease``). Every property has a valid model, invalid twins (one minimal change that breaks
+it) and unknown twins (evidence taken away). Times are written in milliseconds and stored in ns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from harness.checkers import CHECKERS, CheckResult, Verdict, check_trial
+from harness.history import DbSnapshot, MessageRow, Op, OpType, ProviderCall, RunRow, Trial
+from harness.scenario_checks import SCENARIO_CHECKERS
+
+# program.py's process ids (not imported: it pulls in trio and httpx; only the pairing matters)
+P_SETUP, P_RELEASED, P_STOP, P_OBSERVE, P_PROBE = 10_001, 10_002, 10_003, 10_004, 10_100
+MS = 1_000_000
+CHAT = "chat-1"
+FOREIGN_LABELS = ("stream", "stop-run", "stop-chat", "run", "runs")
+BAD_INPUTS = (("malformed-json", 400), ("array-body", 400), ("missing-messages", 400),
+              ("text-not-a-string", 400), ("no-user-text", 400), ("chat-id-not-a-uuid", 400),
+              ("oversize", 413), ("no-token", 401))
+
+
+def ns(ms: float) -> int:
+    return round(ms * MS)
+
+
+class History:
+    """Appends ops with increasing indices; each call returns the new op's index."""
+
+    def __init__(self, **meta: Any) -> None:
+        self.meta: dict[str, Any] = {"trial": 0, "n": 1, "losers_fast_bound_ms": 1000,
+                                     "stop_bound_ms": 2000, "release_ns": ns(1000), **meta}
+        self.ops: list[Op] = []
+
+    def op(self, type_: OpType, f: str, process: int, at_ms: float, nonce: str | None = None,
+           /, **value: Any) -> int:
+        self.ops.append(Op(len(self.ops), type_, f, process, ns(at_ms), nonce, value))
+        return len(self.ops) - 1
+
+    def turn(self, process: int, at_ms: float, nonce: str, role: str = "racer") -> int:
+        extra = {"sent_ns": ns(at_ms)} if role == "racer" else {}
+        return self.op("invoke", "turn", process, at_ms, nonce, role=role, chat_id=CHAT, **extra)
+
+    def stream(self, process: int, nonce: str | None, headers_ms: float, end_ms: float | None,
+               run_id: str | None, terminal: str | None = "finish") -> int:
+        frames = ["start", "text-delta", *([terminal] if terminal else []), "[DONE]"]
+        return self.op("ok", "turn", process, end_ms or headers_ms, nonce,
+                       status=200, code=None, json=False, run_id=run_id, active_run_id=None,
+                       chat_id=CHAT, headers_ns=ns(headers_ms),
+                       end_ns=None if end_ms is None else ns(end_ms), terminal=terminal,
+                       done=terminal is not None, frames=frames, findings=[])
+
+    def refuse(self, process: int, nonce: str | None, at_ms: float, status: int,
+               code: str | None) -> int:
+        return self.op("ok", "turn", process, at_ms, nonce,
+                       status=status, code=code, json=True, run_id=None, active_run_id=None,
+                       chat_id=CHAT, headers_ns=ns(at_ms), end_ns=ns(at_ms), terminal=None,
+                       done=False, frames=[], findings=[])
+
+    def setup(self) -> None:
+        """``new-chat``: ops 0 and 1, the chat's first run ``run-s`` (ended)."""
+        self.turn(P_SETUP, 0, "s0", role="setup")
+        self.stream(P_SETUP, "s0", 5, 50, "run-s")
+
+    def observe(self, at_ms: float, phase: str, rows: dict[str, str]) -> int:
+        """``observe``: a ``runs`` invoke and its ok; returns the ok's index."""
+        self.op("invoke", "runs", P_OBSERVE, at_ms, chat_id=CHAT, phase=phase)
+        return self.op("ok", "runs", P_OBSERVE, at_ms + 1, phase=phase, status=200,
+                       runs=[{"id": k, "status": v} for k, v in rows.items()])
+
+    def stop(self, at_ms: float, run_id: str, role: str, stopped: bool) -> int:
+        self.op("invoke", "stop", P_STOP, at_ms, run_id=run_id, role=role)
+        return self.op("ok", "stop", P_STOP, at_ms + 10, status=200, stopped=stopped)
+
+    def probe(self, k: int, at_ms: float, role: str, label: str, expect: int, status: int,
+              nonce: str | None = None) -> int:
+        self.op("invoke", "probe", P_PROBE + k, at_ms, nonce, role=role, label=label,
+                expect_status=expect)
+        return self.op("ok", "probe", P_PROBE + k, at_ms + 1, nonce, status=status)
+
+    def latest(self, at_ms: float, phase: str, run: dict[str, Any] | None,
+               message: dict[str, Any] | None = None) -> int:
+        """``wait-run-end`` (phase final) / ``expire-lease`` (phase reclaimed)."""
+        self.op("invoke", "run", P_OBSERVE, at_ms, chat_id=CHAT, phase=phase,
+                run_id=None if run is None else run["id"])
+        value: dict[str, Any] = {
+            "phase": phase, "status": 200,
+            "runs": [] if run is None else [{"id": run["id"], "status": run["status"]}],
+            "run": run}
+        if phase == "final":
+            value["message"] = message
+        return self.op("ok", "run", P_OBSERVE, at_ms + 100, **value)
+
+    def trial(self, provider: list[ProviderCall] | None = None,
+              db: list[DbSnapshot] | None = None) -> Trial:
+        return Trial(meta=dict(self.meta), ops=list(self.ops), provider=provider, db=db)
+
+
+# -- twins: small edits of a trial ---------------------------------------------------------------
+
+def patch(trial: Trial, index: int, **value: Any) -> Trial:
+    """The trial with op ``index``'s value updated."""
+    ops = [dataclasses.replace(op, value={**op.value, **value}) if op.index == index else op
+           for op in trial.ops]
+    return dataclasses.replace(trial, ops=ops)
+
+
+def retype(trial: Trial, index: int, type_: OpType, **value: Any) -> Trial:
+    ops = [dataclasses.replace(op, type=type_, value=value) if op.index == index else op
+           for op in trial.ops]
+    return dataclasses.replace(trial, ops=ops)
+
+
+def drop(trial: Trial, *indices: int) -> Trial:
+    return dataclasses.replace(trial, ops=[op for op in trial.ops if op.index not in indices])
+
+
+def with_meta(trial: Trial, **meta: Any) -> Trial:
+    return dataclasses.replace(trial, meta={**trial.meta, **meta})
+
+
+def without_meta(trial: Trial, key: str) -> Trial:
+    return dataclasses.replace(trial, meta={k: v for k, v in trial.meta.items() if k != key})
+
+
+def with_calls(trial: Trial, calls: list[ProviderCall] | None) -> Trial:
+    return dataclasses.replace(trial, provider=calls)
+
+
+def with_db(trial: Trial, snapshots: list[DbSnapshot] | None) -> Trial:
+    return dataclasses.replace(trial, db=snapshots)
+
+
+def messages(*ids: str) -> tuple[MessageRow, ...]:
+    return tuple(MessageRow(id=i, chat_id=CHAT, role="user" if n % 2 == 0 else "assistant",
+                            status="completed") for n, i in enumerate(ids))
+
+
+# -- run/expected-end (wait-run-end) -------------------------------------------------------------
+
+ANSWER = "Hello, world."
+WON_RUN = {"id": "run-w", "status": "succeeded", "error": None}
+COMPLETED = {"status": "completed", "content": ANSWER}
+END_RACER, FINAL = 5, 4
+
+
+def expected_end() -> Trial:
+    """new-chat, burst (finish), wait-run-end, drain: the run succeeded with the whole answer."""
+    h = History(expect_end="succeeded", expected_content=ANSWER)
+    h.setup()                                                                   # 0, 1
+    h.turn(0, 1000, "r0")                                                       # 2
+    h.latest(1100, "final", WON_RUN, COMPLETED)                                 # 3, 4
+    h.stream(0, "r0", 1005, 1150, "run-w")                                      # 5
+    return h.trial()
+
+
+def expected_failure() -> Trial:
+    """provider-error: the scenario expects the run to fail (no expected content is recorded)."""
+    trial = without_meta(with_meta(expected_end(), expect_end="failed"), "expected_content")
+    return patch(trial, FINAL, run={**WON_RUN, "status": "failed", "error": "provider"},
+                 message={"status": "failed", "content": "Hel"})
+
+
+# -- stop/stale-ignored (stale-stop) -------------------------------------------------------------
+
+STALE_INVOKE, STALE, AFTER_STALE, STALE_RACER = 3, 4, 6, 9
+
+
+def stale_stop() -> Trial:
+    """new-chat, burst (hold), stale-stop (stop run-s, observe after-stale), stop-winner, drain."""
+    h = History()
+    h.setup()                                                                   # 0, 1
+    h.turn(0, 1000, "r0")                                                       # 2
+    h.stop(1100, "run-s", "stale", stopped=False)                               # 3, 4
+    h.observe(1200, "after-stale", {"run-s": "succeeded", "run-w": "running"})  # 5, 6
+    h.stop(1300, "run-w", "winner", stopped=True)                               # 7, 8
+    h.stream(0, "r0", 1005, 1320, "run-w", terminal="abort")                    # 9
+    return h.trial()
+
+
+# -- auth/foreign-denied (foreign-user) ----------------------------------------------------------
+
+FOREIGN = (4, 6, 8, 10, 12)  # the probes' completions, in FOREIGN_LABELS order
+AFTER_FOREIGN_INVOKE, AFTER_FOREIGN, FOREIGN_RACER = 13, 14, 17
+
+
+def foreign_user() -> Trial:
+    """new-chat, burst (hold), foreign-user (5 probes, observe after-foreign), stop-winner,
+    drain."""
+    h = History()
+    h.setup()                                                                   # 0, 1
+    h.turn(0, 1000, "r0")                                                       # 2
+    for k, label in enumerate(FOREIGN_LABELS):                                  # 3 … 12
+        h.probe(k, 1100 + 10 * k, "foreign", label, 403, 403)
+    h.observe(1200, "after-foreign", {"run-s": "succeeded", "run-w": "running"})  # 13, 14
+    h.stop(1300, "run-w", "winner", stopped=True)                               # 15, 16
+    h.stream(0, "r0", 1005, 1320, "run-w", terminal="abort")                    # 17
+    return h.trial()
+
+
+# -- input/rejected-cleanly (bad-inputs) ---------------------------------------------------------
+
+BAD = (5, 7, 9, 11, 13, 15, 17, 19)  # the probes' completions, in BAD_INPUTS order
+OVERSIZE, NO_TOKEN = BAD[6], BAD[7]
+BEFORE = DbSnapshot("before", ns(1000), runs=(RunRow("run-s", CHAT, "succeeded"),),
+                    messages=messages("m1", "m2"))
+AFTER = DbSnapshot("after", ns(1300), runs=BEFORE.runs, messages=BEFORE.messages)
+BAD_PROVIDER = [ProviderCall(0, "s0", ns(1), tokens_sent=3, completed_ns=ns(40)),
+                ProviderCall(1, "released", ns(1401), tokens_sent=3, completed_ns=ns(1450))]
+
+
+def bad_inputs() -> Trial:
+    """new-chat, observe before, bad-inputs (8 probes, one nonce), observe after, released-turn."""
+    h = History()
+    h.setup()                                                                   # 0, 1
+    h.observe(1000, "before", {"run-s": "succeeded"})                           # 2, 3
+    for k, (label, expect) in enumerate(BAD_INPUTS):                            # 4 … 19
+        h.probe(k, 1100 + 10 * k, "bad-input", label, expect, expect, nonce="bad")
+    h.observe(1300, "after", {"run-s": "succeeded"})                            # 20, 21
+    h.turn(P_RELEASED, 1400, "released", role="released")                       # 22
+    h.stream(P_RELEASED, "released", 1401, 1500, "run-r")                       # 23
+    return h.trial(provider=list(BAD_PROVIDER), db=[BEFORE, AFTER])
+
+
+# -- outage/fails-closed (database-outage) -------------------------------------------------------
+
+OUTAGE = (5, 6, 7)  # the three outage turns' completions
+OUTAGE_PROVIDER = [ProviderCall(0, "s0", ns(1), tokens_sent=3, completed_ns=ns(40)),
+                   ProviderCall(1, "released", ns(1401), tokens_sent=3, completed_ns=ns(1450))]
+
+
+def outage() -> Trial:
+    """new-chat, database-outage (3 concurrent turns: 503 A_RUN_BEGIN_FAILED), released-turn."""
+    h = History()
+    h.setup()                                                                   # 0, 1
+    for i in range(3):                                                          # 2, 3, 4
+        h.turn(P_PROBE + i, 1000, f"o{i}", role=f"outage{i}")
+    for i in range(3):                                                          # 5, 6, 7
+        h.refuse(P_PROBE + i, f"o{i}", 1010 + i, 503, "A_RUN_BEGIN_FAILED")
+    h.turn(P_RELEASED, 1400, "released", role="released")                       # 8
+    h.stream(P_RELEASED, "released", 1401, 1500, "run-r")                       # 9
+    return h.trial(provider=list(OUTAGE_PROVIDER))
+
+
+# -- recovery/lease-reclaims (kill-owner, restart-service, expire-lease) -------------------------
+
+BLOCKED_INVOKE, BLOCKED, RECLAIMED_INVOKE, RECLAIMED, LEASE_RACER = 5, 6, 7, 8, 11
+ABORTED_RUN = {"id": "run-w", "status": "aborted", "error": "lease expired"}
+
+
+def crash_recovery() -> Trial:
+    """new-chat, burst (hold), kill-owner, restart-service (a blocked turn: 409), expire-lease
+    (run-w aborted), released-turn, then the drain records the killed winner's stream."""
+    h = History(expect_reclaim=True, killed_instance=0)
+    h.setup()                                                                   # 0, 1
+    h.turn(0, 1000, "r0")                                                       # 2
+    h.op("invoke", "kill", P_STOP, 1100, instance=0, run_id="run-w")            # 3
+    h.op("ok", "kill", P_STOP, 1101, instance=0)                                # 4
+    h.turn(P_PROBE, 1500, "blocked", role="blocked")                            # 5
+    h.refuse(P_PROBE, "blocked", 1510, 409, "A_RUN_ALREADY_ACTIVE")             # 6
+    h.latest(1600, "reclaimed", ABORTED_RUN)                                    # 7, 8
+    h.turn(P_RELEASED, 9000, "released", role="released")                       # 9
+    h.stream(P_RELEASED, "released", 9001, 9100, "run-r")                       # 10
+    h.stream(0, "r0", 1005, None, "run-w", terminal=None)                       # 11
+    return h.trial()
+
+
+def no_winner(trial: Trial, racer: int) -> Trial:
+    """The trial with its racer refused: no run was started."""
+    return retype(trial, racer, "ok", status=409, code="A_RUN_ALREADY_ACTIVE", json=True,
+                  run_id=None, headers_ns=ns(1006), end_ns=ns(1006), terminal=None, done=False,
+                  frames=[], findings=[])
+
+
+# -- per property: valid, invalid twins, unknown twins -------------------------------------------
+
+Case = tuple[str, Callable[[], Trial], Verdict, tuple[int, ...], str]
+
+CASES: list[Case] = [
+    ("run/expected-end", expected_end, "valid", (FINAL,), "run run-w ended succeeded as expected"),
+    ("run/expected-end", expected_failure, "valid", (FINAL,), "run run-w ended failed as expected"),
+    ("run/expected-end",
+     lambda: patch(expected_end(), FINAL, message={"status": "completed", "content": "Hello,"}),
+     "invalid", (FINAL,), "run run-w persisted 'Hello,', the provider sent 'Hello, world.'"),
+    ("run/expected-end",
+     lambda: patch(expected_end(), FINAL, message={"status": "streaming", "content": ANSWER}),
+     "invalid", (FINAL,), "run run-w succeeded but its message is"),
+    ("run/expected-end", lambda: patch(expected_end(), FINAL, message=None), "invalid", (FINAL,),
+     "its message is None, not completed"),
+    ("run/expected-end",
+     lambda: patch(expected_end(), FINAL, run={**WON_RUN, "status": "running"}), "invalid",
+     (FINAL,), "run run-w is still running after the bound"),
+    ("run/expected-end",
+     lambda: patch(expected_end(), FINAL, run={**WON_RUN, "status": "pending"}), "invalid",
+     (FINAL,), "run run-w is still pending after the bound"),
+    ("run/expected-end",
+     lambda: patch(expected_end(), FINAL, run={**WON_RUN, "id": "run-s"}), "invalid", (FINAL,),
+     "/run does not show the run run-w as the chat's latest"),
+    ("run/expected-end", lambda: patch(expected_end(), FINAL, run=None), "invalid", (FINAL,),
+     "(saw None)"),
+    ("run/expected-end",
+     lambda: patch(expected_end(), FINAL, run={**WON_RUN, "status": "failed", "error": "boom"}),
+     "invalid", (FINAL,), "run run-w ended 'failed' (error 'boom'), expected 'succeeded'"),
+    ("run/expected-end", lambda: patch(expected_failure(), FINAL, run=WON_RUN), "invalid",
+     (FINAL,), "run run-w ended 'succeeded' (error None), expected 'failed'"),
+    ("run/expected-end", lambda: drop(expected_end(), 3, FINAL), "unknown", (),
+     "the run's end was not observed"),
+    ("run/expected-end",  # wait-run-end's bound passed without any answer from /run
+     lambda: retype(expected_end(), FINAL, "info", phase="final", status=0, runs=[], run=None,
+                    message=None), "unknown", (), "the run's end was not observed"),
+    ("run/expected-end",  # only a 200 answer is an observation (checkers.py)
+     lambda: patch(expected_end(), FINAL, status=503, runs=[], run=None, message=None),
+     "unknown", (FINAL,), "/run answered 503: the run's end was not observed"),
+    ("run/expected-end", lambda: without_meta(expected_end(), "expect_end"), "unknown", (),
+     "the scenario named no expected end"),
+    ("run/expected-end", lambda: no_winner(expected_end(), END_RACER), "unknown", (),
+     "no run started, so none could end"),
+
+    ("stop/stale-ignored", stale_stop, "valid", (STALE,),
+     "the stale stop answered stopped:false and the newer run kept running"),
+    ("stop/stale-ignored", lambda: patch(stale_stop(), STALE, stopped=True), "invalid", (STALE,),
+     "a stop aimed at the ended run run-s answered 200 stopped=True, expected 200 stopped:false"),
+    ("stop/stale-ignored", lambda: patch(stale_stop(), STALE, status=404, stopped=None),
+     "invalid", (STALE,), "answered 404 stopped=None"),
+    ("stop/stale-ignored",
+     lambda: patch(stale_stop(), AFTER_STALE, runs=[{"id": "run-s", "status": "succeeded"},
+                                                    {"id": "run-w", "status": "aborted"}]),
+     "invalid", (STALE,), "after a stop aimed at an ended run, the newer run run-w is 'aborted'"),
+    ("stop/stale-ignored",  # the same, seen in the database instead of /runs
+     lambda: with_db(drop(stale_stop(), 5, AFTER_STALE), [DbSnapshot(
+         "after-stale", ns(1200), runs=(RunRow("run-s", CHAT, "succeeded"),
+                                        RunRow("run-w", CHAT, "aborted")))]),
+     "invalid", (STALE,), "the newer run run-w is 'aborted'"),
+    ("stop/stale-ignored", lambda: drop(stale_stop(), 5, AFTER_STALE), "unknown", (),
+     "the newer run was not observed after the stale stop"),
+    ("stop/stale-ignored", lambda: patch(stale_stop(), AFTER_STALE, status=500, runs=[]),
+     "unknown", (), "the newer run was not observed after the stale stop"),
+    ("stop/stale-ignored",
+     lambda: retype(stale_stop(), STALE, "info", error="TooSlowError"), "unknown",
+     (STALE_INVOKE,), "the stale stop got no answer"),
+    ("stop/stale-ignored", lambda: drop(stale_stop(), STALE_INVOKE, STALE), "unknown", (),
+     "no stale stop was sent"),
+    ("stop/stale-ignored", lambda: no_winner(stale_stop(), STALE_RACER), "unknown", (),
+     "no newer run was live to be hit by the stale stop"),
+
+    ("auth/foreign-denied", foreign_user, "valid", FOREIGN,
+     "all 5 foreign requests got 403, no side effect"),
+    ("auth/foreign-denied", lambda: patch(foreign_user(), FOREIGN[1], status=200), "invalid",
+     (FOREIGN[1],), "another user's token got stop-run: 200 (expected 403 everywhere)"),
+    ("auth/foreign-denied",
+     lambda: patch(patch(foreign_user(), FOREIGN[0], status=200), FOREIGN[4], status=404),
+     "invalid", (FOREIGN[0], FOREIGN[4]), "another user's token got stream: 200; runs: 404"),
+    ("auth/foreign-denied",  # a wrong answer outweighs a missing one
+     lambda: retype(patch(foreign_user(), FOREIGN[0], status=200), FOREIGN[3], "info", status=0),
+     "invalid", (FOREIGN[0],), "stream: 200"),
+    ("auth/foreign-denied",
+     lambda: patch(foreign_user(), AFTER_FOREIGN, runs=[{"id": "run-w", "status": "aborted"}]),
+     "invalid", (), "after the foreign user's requests the owner's run run-w is 'aborted': a "
+     "side effect"),
+    ("auth/foreign-denied", lambda: retype(foreign_user(), FOREIGN[3], "info", status=0),
+     "unknown", (FOREIGN[3],), "1 foreign request(s) got no answer"),
+    ("auth/foreign-denied", lambda: drop(foreign_user(), *range(3, 13)), "unknown", (),
+     "no request was made with another user's token"),
+    ("auth/foreign-denied", lambda: no_winner(foreign_user(), FOREIGN_RACER), "unknown", FOREIGN,
+     "all 5 foreign requests got 403, but the owner's run was not observed after them"),
+    ("auth/foreign-denied",  # no /runs path and no --dsn: nothing proves "no side effect"
+     lambda: drop(foreign_user(), AFTER_FOREIGN_INVOKE, AFTER_FOREIGN), "unknown", FOREIGN,
+     "the owner's run was not observed after them"),
+
+    ("input/rejected-cleanly", bad_inputs, "valid", BAD,
+     "all 8 bad requests got their 4xx, no rows, no provider call"),
+    ("input/rejected-cleanly", lambda: patch(bad_inputs(), OVERSIZE, status=400), "invalid",
+     (OVERSIZE,), "oversize: 400, expected 413"),
+    ("input/rejected-cleanly", lambda: patch(bad_inputs(), NO_TOKEN, status=200), "invalid",
+     (NO_TOKEN,), "no-token: 200, expected 401"),
+    ("input/rejected-cleanly",
+     lambda: with_calls(bad_inputs(), [*BAD_PROVIDER, ProviderCall(2, "bad", ns(1175))]),
+     "invalid", (), "1 provider call(s) for rejected input"),
+    ("input/rejected-cleanly",
+     lambda: with_db(bad_inputs(), [BEFORE, dataclasses.replace(
+         AFTER, messages=AFTER.messages + messages("m3"))]),
+     "invalid", (), "rejected input wrote rows: runs 1→1, messages 2→3"),
+    ("input/rejected-cleanly",
+     lambda: with_db(bad_inputs(), [BEFORE, dataclasses.replace(
+         AFTER, runs=AFTER.runs + (RunRow("run-x", CHAT, "running"),))]),
+     "invalid", (), "rejected input wrote rows: runs 1→2, messages 2→2"),
+    ("input/rejected-cleanly", lambda: retype(bad_inputs(), BAD[0], "info", status=0), "unknown",
+     (BAD[0],), "1 bad request(s) got no answer"),
+    ("input/rejected-cleanly", lambda: with_calls(bad_inputs(), None), "unknown", (),
+     "without provider and database access nothing proves no side effect"),
+    ("input/rejected-cleanly", lambda: with_db(bad_inputs(), None), "unknown", (),
+     "without provider and database access nothing proves no side effect"),
+    ("input/rejected-cleanly", lambda: with_db(bad_inputs(), [BEFORE]), "unknown", (),
+     "nothing proves no side effect"),
+    ("input/rejected-cleanly", lambda: drop(bad_inputs(), *range(4, 20)), "unknown", (),
+     "no bad input was sent"),
+
+    ("outage/fails-closed", outage, "valid", OUTAGE,
+     "all 3 turns got 503 A_RUN_BEGIN_FAILED, no provider call"),
+    ("outage/fails-closed",
+     lambda: patch(outage(), OUTAGE[1], status=200, code=None, json=False, run_id=None,
+                   frames=["start", "text-delta", "finish", "[DONE]"]),
+     "invalid", (OUTAGE[1],), "1 of 3 turns during the database failure were not 503 "
+     "A_RUN_BEGIN_FAILED: op 6: 200 runId=None"),
+    ("outage/fails-closed", lambda: patch(outage(), OUTAGE[2], code="A_INTERNAL"), "invalid",
+     (OUTAGE[2],), "op 7: 503 runId=None"),
+    ("outage/fails-closed",
+     lambda: with_calls(outage(), [*OUTAGE_PROVIDER, ProviderCall(2, "o1", ns(1005))]),
+     "invalid", (), "1 provider call(s) for turns that could not begin"),
+    ("outage/fails-closed", lambda: with_calls(outage(), None), "unknown", (),
+     "503s as expected, but without provider access nothing proves no provider call"),
+    ("outage/fails-closed", lambda: retype(outage(), OUTAGE[0], "info", error="TooSlowError"),
+     "unknown", (OUTAGE[0],), "1 turns got no answer"),
+    ("outage/fails-closed", lambda: retype(outage(), OUTAGE[2], "fail", error="refused"),
+     "unknown", (OUTAGE[2],), "1 turns got no answer"),
+    ("outage/fails-closed", lambda: drop(outage(), 2, 3, 4, *OUTAGE), "unknown", (),
+     "no turn was sent during a database failure"),
+
+    ("recovery/lease-reclaims", crash_recovery, "valid", (RECLAIMED,),
+     "blocked within the lease, then run-w aborted ('lease expired')"),
+    ("recovery/lease-reclaims",
+     lambda: patch(crash_recovery(), BLOCKED, status=200, code=None, json=False, run_id="run-x"),
+     "invalid", (BLOCKED,), "within the lease of the dead owner's run a new turn got 200, not "
+     "409"),
+    ("recovery/lease-reclaims",
+     lambda: patch(crash_recovery(), RECLAIMED, run={**ABORTED_RUN, "status": "running",
+                                                     "error": None}),
+     "invalid", (RECLAIMED,), "the dead owner's run run-w is still running three leases later"),
+    ("recovery/lease-reclaims",
+     lambda: patch(crash_recovery(), RECLAIMED, run={**ABORTED_RUN, "status": "failed"}),
+     "invalid", (RECLAIMED,), "the dead owner's run run-w ended 'failed', expected aborted"),
+    ("recovery/lease-reclaims", lambda: drop(crash_recovery(), RECLAIMED_INVOKE, RECLAIMED),
+     "unknown", (), "the dead owner's run was not observed"),
+    ("recovery/lease-reclaims",  # three leases passed without any answer from /run
+     lambda: retype(crash_recovery(), RECLAIMED, "info", phase="reclaimed", status=0, runs=[],
+                    run=None), "unknown", (), "the dead owner's run was not observed"),
+    ("recovery/lease-reclaims",
+     lambda: patch(crash_recovery(), RECLAIMED, status=502, runs=[], run=None), "unknown",
+     (RECLAIMED,), "/run answered 502: the dead owner's run was not observed"),
+    ("recovery/lease-reclaims",
+     lambda: patch(crash_recovery(), RECLAIMED, run={**ABORTED_RUN, "id": "run-r"}), "unknown",
+     (RECLAIMED,), "/run shows another run than run-w"),
+    ("recovery/lease-reclaims",  # the restarted service never answered the turn in the lease
+     lambda: retype(crash_recovery(), BLOCKED, "info", error="TooSlowError"), "unknown",
+     (BLOCKED,), "no turn within the lease got an answer"),
+    ("recovery/lease-reclaims", lambda: drop(crash_recovery(), BLOCKED_INVOKE, BLOCKED),
+     "unknown", (), "no turn within the lease got an answer"),
+    ("recovery/lease-reclaims", lambda: no_winner(crash_recovery(), LEASE_RACER), "unknown", (),
+     "no run was live when its owner died"),
+]
+
+
+@pytest.mark.parametrize(("prop", "make", "verdict", "ops", "reason"), CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_property(prop: str, make: Callable[[], Trial], verdict: Verdict, ops: tuple[int, ...],
+                  reason: str) -> None:
+    result = check_trial(make(), [prop])[prop]
+    assert (result.property, result.verdict, result.ops) == (prop, verdict, ops), result.reason
+    assert reason in result.reason
+    assert "\n" not in result.reason
+
+
+def test_every_scenario_property_has_a_valid_an_invalid_and_an_unknown_case() -> None:
+    seen = {(prop, verdict) for prop, _, verdict, _, _ in CASES}
+    assert {(p, v) for p in SCENARIO_CHECKERS for v in ("valid", "invalid", "unknown")} <= seen
+
+
+def test_the_scenario_properties_are_registered_by_name() -> None:
+    assert set(SCENARIO_CHECKERS) == {
+        "run/expected-end", "stop/stale-ignored", "auth/foreign-denied",
+        "input/rejected-cleanly", "outage/fails-closed", "recovery/lease-reclaims"}
+    assert all(CHECKERS[name] is checker for name, checker in SCENARIO_CHECKERS.items())
+
+
+def test_the_models_op_layout() -> None:
+    """The named indices point at the ops the cases patch."""
+    def shape(trial: Trial, *indices: int) -> list[tuple[str, str, Any]]:
+        return [(trial.ops[i].type, trial.ops[i].f,
+                 trial.ops[i].get("label", trial.ops[i].get("phase", trial.ops[i].get("role"))))
+                for i in indices]
+
+    assert shape(expected_end(), FINAL, END_RACER) == [("ok", "run", "final"),
+                                                       ("ok", "turn", None)]
+    assert shape(stale_stop(), STALE_INVOKE, STALE, AFTER_STALE) == [
+        ("invoke", "stop", "stale"), ("ok", "stop", None), ("ok", "runs", "after-stale")]
+    assert [trial_op[2] for trial_op in shape(foreign_user(), *(i - 1 for i in FOREIGN))] == list(
+        FOREIGN_LABELS)
+    assert shape(foreign_user(), AFTER_FOREIGN) == [("ok", "runs", "after-foreign")]
+    assert [trial_op[2] for trial_op in shape(bad_inputs(), *(i - 1 for i in BAD))] == [
+        label for label, _ in BAD_INPUTS]
+    assert shape(outage(), *OUTAGE) == [("ok", "turn", None)] * 3
+    assert shape(crash_recovery(), BLOCKED_INVOKE, RECLAIMED, LEASE_RACER) == [
+        ("invoke", "turn", "blocked"), ("ok", "run", "reclaimed"), ("ok", "turn", None)]
+
+
+# -- garbage: a malformed value crashes the checker into unknown, never a verdict ----------------
+
+GARBAGE: list[tuple[str, Callable[[], Trial], str]] = [
+    ("run/expected-end", lambda: patch(expected_end(), END_RACER, status="abc"),
+     "op 5: status='abc' is not an int"),
+    ("run/expected-end", lambda: patch(expected_end(), FINAL, status="abc"),
+     "op 4: status='abc' is not an int"),
+    ("stop/stale-ignored", lambda: patch(stale_stop(), STALE, status="abc"),
+     "op 4: status='abc' is not an int"),
+    ("stop/stale-ignored", lambda: patch(stale_stop(), AFTER_STALE, runs="nope"),
+     "op 6: runs='nope' is not a list"),
+    ("auth/foreign-denied", lambda: patch(foreign_user(), FOREIGN[2], status="abc"),
+     "op 8: status='abc' is not an int"),
+    ("input/rejected-cleanly", lambda: patch(bad_inputs(), BAD[3], status="abc"),
+     "op 11: status='abc' is not an int"),
+    ("outage/fails-closed", lambda: patch(outage(), OUTAGE[1], status="abc"),
+     "op 6: status='abc' is not an int"),
+    ("recovery/lease-reclaims", lambda: patch(crash_recovery(), BLOCKED, status="abc"),
+     "op 6: status='abc' is not an int"),
+    ("recovery/lease-reclaims", lambda: patch(crash_recovery(), RECLAIMED, status="abc"),
+     "op 8: status='abc' is not an int"),
+]
+
+
+@pytest.mark.parametrize(("prop", "make", "message"), GARBAGE,
+                         ids=[f"{g[0]}-{i}" for i, g in enumerate(GARBAGE)])
+def test_a_garbage_value_crashes_the_checker_into_unknown(
+        prop: str, make: Callable[[], Trial], message: str) -> None:
+    assert check_trial(make(), [prop]) == {prop: CheckResult(
+        prop, "unknown", f"checker crashed: TypeError: {message}")}
+
+
+def test_check_trial_never_raises_on_garbage_for_any_scenario_property() -> None:
+    garbage = Trial(
+        meta={"expect_end": 7, "expected_content": None},
+        ops=[Op(0, "invoke", "turn", 1, 0, "x", {"role": "racer", "sent_ns": 1}),
+             Op(1, "ok", "turn", 1, 5, "x", {"status": 200, "run_id": "r", "headers_ns": 2}),
+             Op(2, "invoke", "run", 2, 6, None, {"phase": "final"}),
+             Op(3, "ok", "run", 2, 7, None, {"status": 200, "run": "r", "message": 7}),
+             Op(4, "invoke", "stop", 3, 8, None, {"role": "stale"}),
+             Op(5, "ok", "stop", 3, 9, None, {"status": None, "stopped": "no"}),
+             Op(6, "invoke", "probe", 4, 10, None, {"role": "foreign", "label": None}),
+             Op(7, "ok", "probe", 4, 11, None, {"status": [403]}),
+             Op(8, "invoke", "probe", 5, 12, "b", {"role": "bad-input", "expect_status": "x"}),
+             Op(9, "ok", "probe", 5, 13, "b", {"status": 3.5}),
+             Op(10, "invoke", "turn", 6, 14, "o", {"role": "outage0"}),
+             Op(11, "ok", "turn", 6, 15, "o", {"status": True}),
+             Op(12, "invoke", "turn", 7, 16, "k", {"role": "blocked"}),
+             Op(13, "ok", "turn", 7, 17, "k", {"status": "409"}),
+             Op(14, "invoke", "run", 2, 18, None, {"phase": "reclaimed"}),
+             Op(15, "ok", "run", 2, 19, None, {"status": 200, "run": ["aborted"]})],
+        provider=[ProviderCall(0, "x", 1)],
+        db=[DbSnapshot("before", 1), DbSnapshot("after", 2, runs=(RunRow("r", CHAT, "x"),))])
+    results = check_trial(garbage, SCENARIO_CHECKERS)
+    assert list(results) == list(SCENARIO_CHECKERS)
+    assert all(r.property == p and r.verdict in ("valid", "invalid", "unknown")
+               for p, r in results.items())
