@@ -130,6 +130,11 @@ class FakeProvider:
     def calls_for(self, nonce: str) -> list[_Call]:
         return [c for c in self.calls if c.nonce == nonce]
 
+    async def wait_called(self, nonce: str) -> None:
+        """Until a call carrying ``nonce`` has arrived."""
+        while not self.calls_for(nonce):
+            await self._changed.wait()
+
     async def wait_disconnected(self, nonce: str) -> None:
         """Until every call carrying ``nonce`` has ended (disconnect or completion)."""
         for call in self.calls_for(nonce):
@@ -184,6 +189,7 @@ class FakeProvider:
         call = _Call(index=len(self.calls), nonce=nonce, arrival_ns=time.monotonic_ns(),
                      mode=mode)
         self.calls.append(call)
+        self._wake()  # wait_called() waiters
         try:
             if mode == "status-500":
                 await _send_json(conn, stream, 500, {"error": {"message": "fake provider failure"}})

@@ -191,6 +191,12 @@ class Program:
             for i in live:
                 await st.racers[i].answered.wait()
         st.winner = _first_winner(st.racers)
+        if st.winner is not None and self.ctx.provider is not None:
+            # The start frame comes before the provider call (protocol §2.7): wait, bounded,
+            # until the winner's call has arrived, so a stop never lands before it. A service
+            # that never calls is caught by race/winner-provider-call.
+            with trio.move_on_after(self.bound_s):
+                await self.ctx.provider.wait_called(st.nonces[st.winner])
 
     async def _prepare(self, i: int, racer: Racer, withhold: bool) -> None:
         try:

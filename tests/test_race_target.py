@@ -115,3 +115,38 @@ def test_a_wrong_token_is_a_target_error_not_a_verdict(
     assert code == 4
     assert "the set-up turn was refused with 401: check --token" in captured.err
     assert "wrong-token" not in captured.err + captured.out
+
+
+def test_sigterm_mid_race_stops_what_it_started_and_keeps_the_history(
+        deployment: Deployment, tmp_path: Path) -> None:
+    """SIGTERM while trials run: exit 130, no run of the deployment left active, and the
+    history written so far still loads and re-checks."""
+    import signal
+
+    import psycopg
+
+    report = tmp_path / "report"
+    env = {**os.environ, "HARNESS_TOKEN": deployment.token}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "race", "--n", "10", "--trials", "500",
+         "--target", deployment.url, "--insecure", "--provider-listen",
+         f"127.0.0.1:{deployment.provider_port}", "--dsn", deployment.dsn,
+         "--report", str(report)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    history = report / "history.jsonl"
+    deadline = time.monotonic() + 60
+    while not (history.exists() and history.read_text().count('"kind":"db"') >= 2):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no trial completed in time"
+        time.sleep(0.05)  # watching another process's file: nothing to await
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"interrupted (SIGTERM)" in err
+    with psycopg.connect(deployment.dsn) as conn:
+        active = conn.execute("SELECT count(*) FROM ai_chat_runs "
+                              "WHERE status IN ('pending', 'running')").fetchone()
+    assert active == (0,)
+    check = subprocess.run([sys.executable, "-m", "harness.cli", "check", str(history)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode in (0, 3), check.stderr
+    assert "verdict:" in check.stdout
