@@ -47,6 +47,7 @@ class RaceConfig:
     losers_fast_bound_ms: float = 1000.0
     stop_bound_ms: float = 2000.0
     drain_timeout_s: float = 10.0
+    provider_call_bound_s: float = 3.0  # start frame -> the winner's provider call
     connect_timeout_s: float = 10.0
 
 

@@ -195,7 +195,7 @@ class Program:
             # The start frame comes before the provider call (protocol §2.7): wait, bounded,
             # until the winner's call has arrived, so a stop never lands before it. A service
             # that never calls is caught by race/winner-provider-call.
-            with trio.move_on_after(self.bound_s):
+            with trio.move_on_after(self.ctx.config.provider_call_bound_s):
                 await self.ctx.provider.wait_called(st.nonces[st.winner])
 
     async def _prepare(self, i: int, racer: Racer, withhold: bool) -> None:
