@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from test_checkers import drop, patch, retype, with_meta
 
 from harness.checkers import CHECKERS, CheckResult, Verdict, check_trial
 from harness.history import DbSnapshot, MessageRow, Op, OpType, ProviderCall, RunRow, Trial
@@ -107,25 +108,7 @@ class History:
 
 # -- twins: small edits of a trial ---------------------------------------------------------------
 
-def patch(trial: Trial, index: int, **value: Any) -> Trial:
-    """The trial with op ``index``'s value updated."""
-    ops = [dataclasses.replace(op, value={**op.value, **value}) if op.index == index else op
-           for op in trial.ops]
-    return dataclasses.replace(trial, ops=ops)
-
-
-def retype(trial: Trial, index: int, type_: OpType, **value: Any) -> Trial:
-    ops = [dataclasses.replace(op, type=type_, value=value) if op.index == index else op
-           for op in trial.ops]
-    return dataclasses.replace(trial, ops=ops)
-
-
-def drop(trial: Trial, *indices: int) -> Trial:
-    return dataclasses.replace(trial, ops=[op for op in trial.ops if op.index not in indices])
-
-
-def with_meta(trial: Trial, **meta: Any) -> Trial:
-    return dataclasses.replace(trial, meta={**trial.meta, **meta})
+# patch / retype / drop / with_meta: shared with the race checkers' tests
 
 
 def without_meta(trial: Trial, key: str) -> Trial:
