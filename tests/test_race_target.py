@@ -27,6 +27,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+PROVIDER_KEY = "sk-provider-key-7f3a9c"
+
+
 @dataclass
 class Deployment:
     url: str
@@ -45,7 +48,7 @@ def deployment(pg_dsn: str, users: dict[str, str], tmp_path: Path) -> Iterator[D
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     port, provider_port = free_port(), free_port()
-    env = {**os.environ, "DATABASE_URL": pg_dsn,
+    env = {**os.environ, "DATABASE_URL": pg_dsn, "PROVIDER_API_KEY": PROVIDER_KEY,
            "PROVIDER_BASE_URL": f"http://127.0.0.1:{provider_port}/v1"}
     log = open(tmp_path / "reference.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -150,3 +153,32 @@ def test_sigterm_mid_race_stops_what_it_started_and_keeps_the_history(
                            capture_output=True, text=True, timeout=60)
     assert check.returncode in (0, 3), check.stderr
     assert "verdict:" in check.stdout
+
+
+def test_no_secret_reaches_output_logs_or_reports(
+        deployment: Deployment, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The bearer token, the other user's token, the DSN's password and the provider key
+    appear in no output, no log line and no report file."""
+    import logging
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    password = "pw-S3cret-dsn-41d2"
+    dsn = make_conninfo(**{**conninfo_to_dict(deployment.dsn), "password": password})
+    other = "tok-other-user-b8e1"
+    report = tmp_path / "report"
+    logging.getLogger().setLevel(logging.DEBUG)
+    code = main(["-v", "race", "--n", "5", "--target", deployment.url, "--token",
+                 deployment.token, "--other-token", other, "--insecure", "--dsn", dsn,
+                 "--provider-listen", f"127.0.0.1:{deployment.provider_port}",
+                 "--report", str(report)])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    texts = {"stdout": out, "stderr": err}
+    texts.update({p.name: p.read_text() for p in report.iterdir()})
+    texts["reference.log"] = (tmp_path / "reference.log").read_text()
+    assert set(texts) >= {"history.jsonl", "report.json", "junit.xml", "summary.md",
+                          "report.html"}
+    for secret in (deployment.token, other, password, PROVIDER_KEY):
+        leaks = [name for name, text in texts.items() if secret in text]
+        assert leaks == [], f"{secret[:6]}... leaked into {leaks}"
