@@ -118,6 +118,7 @@ def _service_database(cluster: PostgresCluster) -> tuple[str, str | None]:
 async def reference_service(cluster: PostgresCluster, provider_url: str, *,
                             faults: Sequence[str] = (), autonomous_runs: bool = False,
                             lease_s: float | None = None, instances: int = 1,
+                            provider_timeout_s: float | None = None,
                             ) -> AsyncIterator[EmbeddedService]:
     t0 = time.monotonic()
     dsn, db_name = await trio.to_thread.run_sync(_service_database, cluster)
@@ -129,7 +130,9 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
            "REFERENCE_TOKENS": f"{service.token},{service.other_token}",
            "AUTONOMOUS_RUNS": "true" if autonomous_runs else "false",
            "HEARTBEAT_INTERVAL_S": str(min(1.0, lease / 3)), "LEASE_S": str(lease),
-           "REAPER_INTERVAL_S": str(min(2.0, lease / 2)), "POOL_MAX_SIZE": "60"}
+           "REAPER_INTERVAL_S": str(min(2.0, lease / 2)), "POOL_MAX_SIZE": "60",
+           **({"PROVIDER_READ_TIMEOUT_S": str(provider_timeout_s)} if provider_timeout_s
+              else {})}
     try:
         try:
             for k in range(instances):

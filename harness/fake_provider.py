@@ -13,7 +13,9 @@ Modes, chosen per call by ``mode_for(nonce)``:
 - ``hold`` — one token, then wait until the harness releases the nonce or the caller goes;
 - ``error-mid`` — one token, then an error event, then the stream ends;
 - ``slow-first`` — wait ``first_token_delay_s`` (or a release) before the first token;
-- ``status-500`` — answer 500 with an OpenAI-style error body.
+- ``status-500`` — answer 500 with an OpenAI-style error body;
+- ``drop`` — one token, then the connection is cut (no [DONE], no chunked terminator);
+- ``stall`` — one token, then nothing, whatever is released, until the caller gives up.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from harness.history import ProviderCall
 log = logging.getLogger(__name__)
 
 NONCE_RE = re.compile(r"\[race:([A-Za-z0-9_.:-]{1,80})\]")
-MODES = ("finish", "hold", "error-mid", "slow-first", "status-500")
+MODES = ("finish", "hold", "error-mid", "slow-first", "status-500", "drop", "stall")
 _MAX_BODY = 4 * 1024 * 1024
 
 
@@ -222,6 +224,13 @@ class FakeProvider:
             call.tokens_sent += 1
             if call.first_token_ns is None:
                 call.first_token_ns = time.monotonic_ns()
+            if call.mode == "drop" and i == 0:
+                call.completed_ns = time.monotonic_ns()
+                await trio.aclose_forcefully(stream)  # mid-body: the caller sees a broken stream
+                return
+            if call.mode == "stall" and i == 0:
+                await self._wait(stream, call, None, releasable=False)
+                return
             if call.mode == "hold" and i == 0:
                 if not await self._wait(stream, call, None):
                     return

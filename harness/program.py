@@ -269,7 +269,7 @@ class Program:
         self.rec.add("invoke", "run", P_OBSERVE, None,
                      {"chat_id": chat_id, "phase": "final", "run_id": run_id})
         status, run, message = 0, None, None
-        with trio.move_on_after(self.bound_s):
+        with trio.move_on_after(step.arg("within_s", self.bound_s)):
             while chat_id is not None:
                 try:
                     status, run, message = await self.ctx.service.latest(chat_id)

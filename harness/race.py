@@ -178,7 +178,8 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                               faults=opts.faults,
                                               autonomous_runs=scenario.autonomous_runs,
                                               lease_s=scenario.lease_s,
-                                              instances=scenario.instances))
+                                              instances=scenario.instances,
+                                              provider_timeout_s=scenario.provider_timeout_s))
                         targets, control = service.targets, service
                         dsn: str | None = service.dsn
                     else:

@@ -52,7 +52,7 @@ CAPABILITIES: dict[str, str] = {
 _ENUMS: dict[str, tuple[str, ...]] = {
     "sync": ("last-byte", "naive"),
     "chats": ("same", "distinct"),
-    "provider": ("hold", "slow-first", "error-mid", "finish"),
+    "provider": ("hold", "slow-first", "error-mid", "finish", "status-500", "drop", "stall"),
     "release": ("together", "after-first-start", "when-holder-stopped"),
     "expect": ("succeeded", "failed", "aborted"),
     "via": ("owner", "other-instance"),
@@ -69,7 +69,7 @@ STEPS: dict[str, dict[str, type]] = {
     "disconnect-winner": {},
     "release-provider": {},
     "drain": {},
-    "wait-run-end": {"expect": str},
+    "wait-run-end": {"expect": str, "within_s": int},
     "released-turn": {},
     "stale-stop": {},
     "foreign-user": {},
@@ -83,7 +83,7 @@ STEPS: dict[str, dict[str, type]] = {
 _TOP: dict[str, type | tuple[type, ...]] = {
     "name": str, "summary": str, "n": int, "trials": int, "requires": list,
     "properties": list, "steps": list, "reuse_chat": bool, "instances": int,
-    "autonomous_runs": bool, "lease_s": (int, float),
+    "autonomous_runs": bool, "lease_s": (int, float), "provider_timeout_s": (int, float),
 }
 
 
@@ -113,6 +113,7 @@ class Scenario:
     instances: int = 1
     autonomous_runs: bool = False
     lease_s: float | None = None
+    provider_timeout_s: float | None = None  # the embedded reference's provider read timeout
     source: str = ""
 
 
@@ -146,8 +147,9 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
     for key in ("n", "trials", "instances"):
         if key in data and data[key] < 1:
             raise ScenarioError(f"{source}: {key}: expected an integer >= 1, got {data[key]!r}")
-    if "lease_s" in data and not data["lease_s"] > 0:
-        raise ScenarioError(f"{source}: lease_s: expected a number > 0, got {data['lease_s']!r}")
+    for key in ("lease_s", "provider_timeout_s"):
+        if key in data and not data[key] > 0:
+            raise ScenarioError(f"{source}: {key}: expected a number > 0, got {data[key]!r}")
     properties = tuple(data["properties"])
     for i, prop in enumerate(properties):
         if prop not in CHECKERS:
@@ -168,7 +170,9 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         n=data.get("n", 50), trials=data.get("trials", 1), requires=frozenset(requires),
         reuse_chat=data.get("reuse_chat", False), instances=data.get("instances", 1),
         autonomous_runs=data.get("autonomous_runs", False),
-        lease_s=None if "lease_s" not in data else float(data["lease_s"]), source=source)
+        lease_s=None if "lease_s" not in data else float(data["lease_s"]),
+        provider_timeout_s=(None if "provider_timeout_s" not in data
+                            else float(data["provider_timeout_s"])), source=source)
 
 
 def _parse_step(source: str, i: int, raw: Any) -> Step:

@@ -385,3 +385,34 @@ def test_api_key_is_enforced_when_set() -> None:
             assert [c.nonce for c in provider.ledger()] == ["k2"]
 
     run(body)
+
+
+def test_drop_cuts_the_connection_after_one_token() -> None:
+    async def body() -> None:
+        async with serving() as (provider, client):
+            provider.mode_for = modes(d="drop")
+            async with client.stream("POST", "/chat/completions", json=chat_body("d")) as response:
+                assert response.status_code == 200
+                with pytest.raises(httpx.RemoteProtocolError):
+                    async for _ in response.aiter_lines():
+                        pass
+            assert [c.tokens_sent for c in provider.ledger()] == [1]
+
+    run(body)
+
+
+def test_stall_ignores_releases_and_ends_only_when_the_caller_goes() -> None:
+    async def body() -> None:
+        async with serving() as (provider, client):
+            provider.mode_for = modes(s="stall")
+            async with client.stream("POST", "/chat/completions", json=chat_body("s")) as response:
+                assert content(await Events(response).next() or "") == TOKENS[0]
+                provider.release_all()
+                await trio.testing.wait_all_tasks_blocked()
+                assert provider.ledger()[0].completed_ns is None  # still stalled
+                await response.aclose()
+            with trio.fail_after(5):
+                await provider.wait_disconnected("s")
+            assert provider.ledger()[0].disconnected_ns is not None
+
+    run(body)

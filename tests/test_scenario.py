@@ -21,6 +21,8 @@ CONFORMANCE_CATALOGUE = [  # conformance.md §3, in its order
     "burst-waves", "stop-then-burst", "stale-stop", "disconnect-abort", "disconnect-continue",
     "provider-error", "provider-slow-first-token", "foreign-user", "bad-input",
     "crash-recovery", "db-outage", "multi-instance",
+    # beyond §3: the provider faults of the reliability issue
+    "provider-500-before-first-token", "provider-connection-drop", "provider-stall",
 ]
 
 MINIMAL = '''
@@ -35,7 +37,7 @@ n = 3
 '''
 
 
-def test_the_catalogue_is_conformance_section_3_in_order() -> None:
+def test_the_catalogue_is_conformance_section_3_in_order_then_the_provider_faults() -> None:
     scenarios = catalogue()
     assert list(scenarios) == CONFORMANCE_CATALOGUE
     for scenario in scenarios.values():
