@@ -10,6 +10,7 @@ before its first trial (see ``suite.py``).
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -342,6 +343,77 @@ class Program:
     async def step_released_turn(self, step: Step) -> None:
         await whole_turn(self.ctx, self.rec, P_RELEASED, "released", self.state.chat_id,
                          self.bound_s)
+
+    # -- disconnect storms ------------------------------------------------------------------
+
+    async def step_disconnect_storm(self, step: Step) -> None:
+        """N turns on N chats whose clients drop at seeded random points (before any frame,
+        after the start frame, after the first token); then every run must end."""
+        ctx, st = self.ctx, self.state
+        n = step.arg("n", len(st.chats))
+        if len(st.chats) < n or ctx.provider is None:
+            raise StepNotAvailable("disconnect-storm: needs new-chats and the fake provider")
+        rng = random.Random(ctx.seed)
+        nonces = [ctx.nonce(f"storm{i}") for i in range(n)]
+        self._provider_modes({nonce: "hold" for nonce in nonces})
+        stops = not self.scenario.autonomous_runs
+        self.meta["storm_expect"] = "aborted" if stops else "succeeded"
+        if not stops:
+            self.meta["expected_content"] = "".join(ctx.provider.tokens)
+
+        async def client(i: int) -> None:
+            racer = ctx.racer(race_text(nonces[i], "storm"), st.chats[i])
+            point = rng.choice(("sent", "start", "token"))
+            self.rec.add("invoke", "turn", P_PROBE + i, nonces[i],
+                         {"role": "storm", "chat_id": st.chats[i], "drop_at": point})
+            with trio.move_on_after(self.bound_s):
+                await racer.connect()
+                await racer.send_whole()
+                if point != "sent":
+                    async with trio.open_nursery() as reader:
+                        reader.start_soon(racer.read_response)
+                        await racer.answered.wait()
+                        if point == "token":
+                            await ctx.provider.wait_called(nonces[i])  # type: ignore[union-attr]
+                        reader.cancel_scope.cancel()
+            await racer.aclose()
+            self.rec.add("ok", "turn", P_PROBE + i, nonces[i],
+                         {"status": racer.response.status, "dropped_at": point,
+                          "run_id": racer.response.stream.run_id
+                          if racer.response.stream else None})
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(client, i)
+        if stops:  # each dropped client must stop its run: the provider sees every call end
+            with trio.move_on_after(self.bound_s):
+                for nonce in nonces:
+                    await ctx.provider.wait_called(nonce)
+                    await ctx.provider.wait_disconnected(nonce)
+        await self.step_release_provider(step)
+        for chat_id in st.chats[:n]:
+            await self._final_run(P_OBSERVE, chat_id, "storm", self.bound_s)
+
+    async def _final_run(self, process: int, chat_id: str, phase: str, bound_s: float) -> None:
+        self.rec.add("invoke", "run", process, None, {"chat_id": chat_id, "phase": phase})
+        status, run, message = 0, None, None
+        with trio.move_on_after(bound_s):
+            while True:
+                try:
+                    status, run, message = await self.ctx.service.latest(chat_id)
+                except Exception:  # noqa: BLE001 - no answer: keep polling within the bound
+                    status = 0
+                else:
+                    if run is None or run.get("status") not in ("pending", "running"):
+                        break
+                await trio.sleep(0.05)  # polling the service's own view: no event to wait on
+        self.rec.add("ok" if status else "info", "run", process, None, {
+            "phase": phase, "status": status, "chat_id": chat_id,
+            "runs": [] if run is None else [{"id": run.get("id"), "status": run.get("status")}],
+            "run": None if run is None else {k: run.get(k) for k in ("id", "status", "error")},
+            "message": None if message is None else {
+                "status": message.get("status"), "content": str(message.get("content"))[:2000]},
+        })
 
     # -- stale stops, foreign users, bad input ----------------------------------------------
 

@@ -71,6 +71,7 @@ STEPS: dict[str, dict[str, type]] = {
     "drain": {},
     "wait-run-end": {"expect": str, "within_s": int},
     "released-turn": {},
+    "disconnect-storm": {"n": int},
     "stale-stop": {},
     "foreign-user": {},
     "bad-inputs": {},

@@ -229,7 +229,56 @@ def lease_reclaims(trial: Trial) -> CheckResult:
                        f"({run.get('error')!r})", (comp.index,))
 
 
+def storm_runs_end(trial: Trial) -> CheckResult:
+    prop = "storm/runs-end"
+    expect = trial.meta.get("storm_expect")
+    finals = [(inv, comp) for inv, comp in trial.completions("run")
+              if inv.get("phase") == "storm"]
+    if expect is None or not finals:
+        return CheckResult(prop, "unknown", "no disconnect storm was observed")
+    # The storm's run id per chat, when its client saw the start frame before dropping.
+    known = {str(t.invoke.get("chat_id")): t.run_id for t in turns(trial, "storm")
+             if t.outcome == "ok" and t.run_id is not None}
+    unknown, bad = [], []
+    for inv, comp in finals:
+        if comp is None or comp.type != "ok" or comp.get("status") != 200:
+            unknown.append((comp or inv).index)
+            continue
+        run, message = comp.get("run"), comp.get("message")
+        if not isinstance(run, dict):
+            bad.append((comp.index, f"chat {inv.get('chat_id')}: no run at all"))
+        elif run.get("status") in ACTIVE:
+            bad.append((comp.index, f"run {run.get('id')} still {run.get('status')}"))
+        elif known.get(str(inv.get("chat_id"))) not in (None, run.get("id")):
+            bad.append((comp.index, f"chat {inv.get('chat_id')}: the latest run is not the "
+                        f"storm's run {known[str(inv.get('chat_id'))]}"))
+        elif expect == "aborted" and run.get("id") in known.values() \
+                and run.get("status") != "aborted":
+            bad.append((comp.index, f"run {run.get('id')} ended {run.get('status')!r} although "
+                        "its client dropped mid-stream with AUTONOMOUS_RUNS=false"))
+        elif expect == "succeeded" and run.get("status") != "succeeded":
+            bad.append((comp.index, f"run {run.get('id')} ended {run.get('status')!r} with "
+                        "AUTONOMOUS_RUNS=true (expected it to finish unread)"))
+        elif expect == "succeeded" and trial.meta.get("expected_content") is not None and (
+                not isinstance(message, dict)
+                or message.get("content") != trial.meta["expected_content"]):
+            bad.append((comp.index, f"run {run.get('id')} persisted "
+                        f"{(message or {}).get('content')!r}, not the whole answer"))
+    if bad:
+        return CheckResult(prop, "invalid", f"{len(bad)} of {len(finals)} runs: "
+                           + "; ".join(text for _, text in bad[:5]),
+                           tuple(i for i, _ in bad))
+    if unknown:
+        return CheckResult(prop, "unknown", f"{len(unknown)} chats could not be observed",
+                           tuple(unknown))
+    return CheckResult(prop, "valid", f"all {len(finals)} runs ended "
+                       + ("succeeded, persisted in full" if expect == "succeeded"
+                          else "aborted (or never started)"),
+                       tuple(c.index for _, c in finals if c is not None))
+
+
 SCENARIO_CHECKERS = {
+    "storm/runs-end": storm_runs_end,
     "outage/fails-closed": outage_fails_closed,
     "recovery/lease-reclaims": lease_reclaims,
     "run/expected-end": run_expected_end,

@@ -23,6 +23,7 @@ CONFORMANCE_CATALOGUE = [  # conformance.md §3, in its order
     "crash-recovery", "db-outage", "multi-instance",
     # beyond §3: the provider faults of the reliability issue
     "provider-500-before-first-token", "provider-connection-drop", "provider-stall",
+    "disconnect-storm-abort", "disconnect-storm-continue",
 ]
 
 MINIMAL = '''

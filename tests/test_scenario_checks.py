@@ -264,11 +264,48 @@ def no_winner(trial: Trial, racer: int) -> Trial:
                   frames=[], findings=[])
 
 
+def storm(expect: str = "aborted") -> Trial:
+    """``disconnect-storm`` on two chats: c1's client saw its run start (run-1) before
+    dropping; c2's dropped right after sending (no run id known). Ops 0-3 the storm turns,
+    4-7 the final /run per chat."""
+    h = History(storm_expect=expect,
+                **({"expected_content": ANSWER} if expect == "succeeded" else {}))
+    h.op("invoke", "turn", P_PROBE, 10, "st0", role="storm", chat_id="c1", drop_at="start")
+    h.op("ok", "turn", P_PROBE, 20, "st0", status=200, dropped_at="start", run_id="run-1")
+    h.op("invoke", "turn", P_PROBE + 1, 10, "st1", role="storm", chat_id="c2", drop_at="sent")
+    h.op("ok", "turn", P_PROBE + 1, 11, "st1", status=None, dropped_at="sent", run_id=None)
+    end = "aborted" if expect == "aborted" else "succeeded"
+    for k, (chat, run_id) in enumerate((("c1", "run-1"), ("c2", "run-2"))):
+        h.op("invoke", "run", P_OBSERVE, 100 + k, chat_id=chat, phase="storm")
+        h.op("ok", "run", P_OBSERVE, 110 + k, phase="storm", status=200, chat_id=chat,
+             runs=[{"id": run_id, "status": end}],
+             run={"id": run_id, "status": end, "error": None},
+             message={"status": "completed" if end == "succeeded" else "aborted",
+                      "content": ANSWER if end == "succeeded" else "Hel"})
+    return h.trial()
+
+
 # -- per property: valid, invalid twins, unknown twins -------------------------------------------
 
 Case = tuple[str, Callable[[], Trial], Verdict, tuple[int, ...], str]
 
 CASES: list[Case] = [
+    ("storm/runs-end", storm, "valid", (5, 7), "all 2 runs ended aborted (or never started)"),
+    ("storm/runs-end", lambda: storm("succeeded"), "valid", (5, 7),
+     "all 2 runs ended succeeded, persisted in full"),
+    ("storm/runs-end", lambda: patch(storm(), 5, run={"id": "run-1", "status": "succeeded"}),
+     "invalid", (5,), "run run-1 ended 'succeeded' although its client dropped mid-stream"),
+    ("storm/runs-end", lambda: patch(storm(), 7, run={"id": "run-2", "status": "running"}),
+     "invalid", (7,), "run run-2 still running"),
+    ("storm/runs-end", lambda: patch(storm("succeeded"), 7,
+                                     message={"status": "completed", "content": "Hel"}),
+     "invalid", (7,), "run run-2 persisted 'Hel', not the whole answer"),
+    ("storm/runs-end", lambda: patch(storm(), 5, run={"id": "run-x", "status": "aborted"}),
+     "invalid", (5,), "the latest run is not the storm's run run-1"),
+    ("storm/runs-end", lambda: patch(storm(), 7, status=503), "unknown", (7,),
+     "1 chats could not be observed"),
+    ("storm/runs-end", lambda: drop(storm(), 4, 5, 6, 7), "unknown", (),
+     "no disconnect storm was observed"),
     ("run/expected-end", expected_end, "valid", (FINAL,), "run run-w ended succeeded as expected"),
     ("run/expected-end", expected_failure, "valid", (FINAL,), "run run-w ended failed as expected"),
     ("run/expected-end",
@@ -460,7 +497,8 @@ def test_every_scenario_property_has_a_valid_an_invalid_and_an_unknown_case() ->
 def test_the_scenario_properties_are_registered_by_name() -> None:
     assert set(SCENARIO_CHECKERS) == {
         "run/expected-end", "stop/stale-ignored", "auth/foreign-denied",
-        "input/rejected-cleanly", "outage/fails-closed", "recovery/lease-reclaims"}
+        "input/rejected-cleanly", "outage/fails-closed", "recovery/lease-reclaims",
+        "storm/runs-end"}
     assert all(CHECKERS[name] is checker for name, checker in SCENARIO_CHECKERS.items())
 
 
