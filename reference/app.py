@@ -22,6 +22,7 @@ from reference.auth import Authenticator, bearer_token
 from reference.faults import Fault
 from reference.gate import Gate
 from reference.metrics import Metrics
+from reference.openapi import OPENAPI
 from reference.provider import ProviderClient
 from reference.registry import STOP_CHANNEL, Registry
 from reference.runner import RunDriver
@@ -162,6 +163,10 @@ async def metrics(request: Request) -> Response:
                              media_type="text/plain; version=0.0.4")
 
 
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)
     return exc.response()
@@ -233,6 +238,7 @@ def create_app(settings: Settings, *,
             Route("/api/ai-chat/runs", list_runs, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={
             HttpError: _http_error,
