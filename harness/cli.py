@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve-reference",
         help="run the reference server (with its own Postgres) until interrupted",
         description="Run the reference server for manual use: Postgres (embedded unless --dsn), "
-                    "a user whose bearer token is --token, and a stub provider unless "
+                    "a user whose bearer token is --token, and the harness's fake provider unless "
                     "--provider-url. Prints the URL and stays up until Ctrl-C.")
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8787, help="listen port (default 8787)")
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fault", action="append", type=_fault_name, default=[], metavar="NAME",
                        help=f"enable a known bug (repeatable): {', '.join(VALID_FAULTS)}")
     serve.add_argument("--provider-url", help="OpenAI-compatible base URL, e.g. "
-                       "http://127.0.0.1:9000/v1 (default: a built-in stub provider)")
+                       "http://127.0.0.1:9000/v1 (default: the harness's fake provider)")
     serve.add_argument("--autonomous-runs", action="store_true",
                        help="a client disconnect lets the run finish (AUTONOMOUS_RUNS=true)")
     serve.add_argument("--lease-s", type=_positive, default=30.0, help="run lease (default 30)")

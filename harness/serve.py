@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
-import socket
 import sys
-from collections.abc import Iterator
+import threading
 from dataclasses import dataclass
 
-import uvicorn
+import trio
 
+from harness.fake_provider import FakeProvider
 from harness.postgres import PostgresCluster, provision, redact_dsn
-from harness.stub_provider import create_stub_provider
 from reference.auth import ensure_user_sync
 from reference.faults import Fault
 from reference.schema import apply_schema_sync
-from reference.server import build_server
+from reference.server import ForegroundServer, build_server
 from reference.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,18 +35,38 @@ class ServeOptions:
     heartbeat_interval_s: float
 
 
-class QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the main (reference) server."""
+class ProviderThread:
+    """The harness's fake provider (trio) in a thread beside the asyncio reference server.
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    It streams five tokens 0.1 s apart, so a turn stays active long enough to race by hand.
+    """
 
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.provider = FakeProvider(token_interval_s=0.1)
+        self._ready = threading.Event()
+        self._scope: trio.CancelScope | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread = threading.Thread(target=lambda: trio.run(self._main), daemon=True,
+                                        name="fake-provider")
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    async def _main(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            self._token = trio.lowlevel.current_trio_token()
+            await nursery.start(self.provider.serve, self.host, 0)
+            self._ready.set()
+
+    def start(self) -> str:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fake provider did not start")
+        return self.provider.base_url
+
+    def stop(self) -> None:
+        if self._scope is not None and self._token is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(5)
 
 
 def prepare_database(cluster: PostgresCluster, own_cluster: bool, faults: frozenset[Fault]) -> str:
@@ -58,22 +76,13 @@ def prepare_database(cluster: PostgresCluster, own_cluster: bool, faults: frozen
     return dsn
 
 
-async def _serve(opts: ServeOptions, dsn: str, token: str) -> None:
-    provider_url = opts.provider_url
-    servers: list[uvicorn.Server] = []
-    if provider_url is None:
-        stub_port = free_port(opts.host)
-        provider_url = f"http://{opts.host}:{stub_port}/v1"
-        servers.append(QuietServer(uvicorn.Config(
-            create_stub_provider(), host=opts.host, port=stub_port, log_level="warning",
-            access_log=False, lifespan="off")))
+async def _serve(opts: ServeOptions, dsn: str, token: str, provider_url: str) -> None:
     settings = Settings(database_url=dsn, provider_base_url=provider_url,
                         autonomous_runs=opts.autonomous_runs, faults=opts.faults,
                         lease_s=opts.lease_s, heartbeat_interval_s=opts.heartbeat_interval_s,
                         reaper_interval_s=max(opts.heartbeat_interval_s, opts.lease_s / 3))
     ensure_user_sync(dsn, "harness-user", token)
-    reference = build_server(settings, opts.host, opts.port)
-    servers.append(reference)
+    reference = build_server(settings, opts.host, opts.port, server_class=ForegroundServer)
     url = f"http://{opts.host}:{opts.port}"
 
     async def announce() -> None:
@@ -89,15 +98,11 @@ async def _serve(opts: ServeOptions, dsn: str, token: str) -> None:
               f"\"text\":\"hi\"}}]}}]}}' {url}/api/ai-chat/stream", flush=True)
         print("Ctrl-C stops it and removes everything it started.", flush=True)
 
-    stubs = servers[:-1]
-    tasks = [asyncio.create_task(s.serve()) for s in stubs]
-    asyncio.create_task(announce())
+    announcer = asyncio.create_task(announce())
     try:
         await reference.serve()
     finally:
-        for stub in stubs:
-            stub.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
+        announcer.cancel()
 
 
 def serve_reference(opts: ServeOptions) -> int:
@@ -107,10 +112,15 @@ def serve_reference(opts: ServeOptions) -> int:
         print(f"generated bearer token: {token}", flush=True)
     with provision(opts.dsn) as cluster:
         dsn = prepare_database(cluster, cluster.source != "dsn", opts.faults)
+        provider = None if opts.provider_url else ProviderThread(opts.host)
         try:
+            provider_url = opts.provider_url or provider.start()  # type: ignore[union-attr]
             import uvloop
-            uvloop.run(_serve(opts, dsn, token))
+            uvloop.run(_serve(opts, dsn, token, provider_url))
         except KeyboardInterrupt:
             pass
+        finally:
+            if provider is not None:
+                provider.stop()
     print("stopped; everything it started is gone.", file=sys.stderr)
     return 0

@@ -7,10 +7,11 @@ On SIGTERM/SIGINT the instance first ends its own runs as ``aborted`` (their str
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 
@@ -36,15 +37,27 @@ class ReferenceServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+class ForegroundServer(ReferenceServer):
+    """For a command that owns the process: after a clean shutdown on Ctrl-C/SIGTERM, return
+    normally instead of re-raising the signal (uvicorn's default), so the caller can finish
+    its own cleanup and exit 0 without a KeyboardInterrupt traceback."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
 def build_server(settings: Settings, host: str, port: int, *, access_log: bool = False,
-                 ssl_certfile: str | None = None,
-                 ssl_keyfile: str | None = None) -> ReferenceServer:
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+                 server_class: type[ReferenceServer] = ReferenceServer) -> ReferenceServer:
     app = create_app(settings)
     cfg = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
                          lifespan="on", access_log=access_log, log_level="info",
                          timeout_graceful_shutdown=int(settings.stop_wait_s) + 1,
                          backlog=4096, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-    return ReferenceServer(cfg)
+    return server_class(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
