@@ -9,7 +9,9 @@ that changes the schema (``no-unique-index``) never leaks into the next service.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -32,6 +34,28 @@ from harness.target import Target
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 30.0
+
+# Reference processes still running: killed at interpreter exit, should a run be abandoned
+# without its cleanup (e.g. a test timeout inside trio). Each child also gets SIGTERM from the
+# kernel if this process dies outright (PR_SET_PDEATHSIG, Linux).
+_LIVE: set[trio.Process] = set()
+
+
+def _kill_leftovers() -> None:
+    for proc in list(_LIVE):
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
+atexit.register(_kill_leftovers)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class EmbeddedStartError(Exception):
@@ -69,6 +93,7 @@ class EmbeddedService:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        _LIVE.discard(proc)
 
     async def restart(self, k: int) -> None:
         """Start instance ``k`` again on the same port and database."""
@@ -157,7 +182,9 @@ async def _start_process(env: dict[str, str], port: int) -> Instance:
                                            delete=False)
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "reference", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    _LIVE.add(proc)
     log_file.close()
     instance = Instance(f"http://127.0.0.1:{port}", port, env, proc, log_file.name)
     try:
@@ -171,6 +198,7 @@ async def _start_process(env: dict[str, str], port: int) -> Instance:
 
 async def _stop_process(instance: Instance) -> None:
     await _terminate(instance.process)
+    _LIVE.discard(instance.process)
     if not os.environ.get("HARNESS_KEEP_LOGS"):
         with contextlib.suppress(OSError):
             os.unlink(instance.log_path)
