@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -36,8 +35,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 30.0
 
 # Reference processes still running: killed at interpreter exit, should a run be abandoned
-# without its cleanup (e.g. a test timeout inside trio). Each child also gets SIGTERM from the
-# kernel if this process dies outright (PR_SET_PDEATHSIG, Linux).
+# without its cleanup (e.g. a test timeout inside trio). (PR_SET_PDEATHSIG is no help here:
+# trio forks from a worker thread, and the signal fires when that thread exits.)
 _LIVE: set[trio.Process] = set()
 
 
@@ -49,13 +48,6 @@ def _kill_leftovers() -> None:
 
 atexit.register(_kill_leftovers)
 
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class EmbeddedStartError(Exception):
@@ -182,8 +174,7 @@ async def _start_process(env: dict[str, str], port: int) -> Instance:
                                            delete=False)
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "reference", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     _LIVE.add(proc)
     log_file.close()
     instance = Instance(f"http://127.0.0.1:{port}", port, env, proc, log_file.name)
