@@ -266,27 +266,10 @@ class Program:
         self.meta["expect_end"] = expect
         if self.ctx.provider is not None and expect == "succeeded":
             self.meta["expected_content"] = "".join(self.ctx.provider.tokens)
-        run_id, chat_id = self.state.winner_run_id(), self.state.chat_id
-        self.rec.add("invoke", "run", P_OBSERVE, None,
-                     {"chat_id": chat_id, "phase": "final", "run_id": run_id})
-        status, run, message = 0, None, None
-        with trio.move_on_after(step.arg("within_s", self.bound_s)):
-            while chat_id is not None:
-                try:
-                    status, run, message = await self.ctx.service.latest(chat_id)
-                except Exception:  # noqa: BLE001 - no answer: keep polling within the bound
-                    status = 0
-                else:
-                    if run is None or run.get("status") not in ("pending", "running"):
-                        break
-                await trio.sleep(0.05)  # polling the service's own view: no event to wait on
-        self.rec.add("ok" if status else "info", "run", P_OBSERVE, None, {
-            "phase": "final", "status": status,
-            "runs": [] if run is None else [{"id": run.get("id"), "status": run.get("status")}],
-            "run": None if run is None else {k: run.get(k) for k in ("id", "status", "error")},
-            "message": None if message is None else {
-                "status": message.get("status"), "content": str(message.get("content"))[:2000]},
-        })
+        if self.state.chat_id is None:
+            raise StepNotAvailable("wait-run-end: no chat yet")
+        await self._final_run(P_OBSERVE, self.state.chat_id, "final",
+                              step.arg("within_s", self.bound_s), self.state.winner_run_id())
 
     # -- stopping, disconnecting, draining --------------------------------------------------
 
@@ -394,8 +377,11 @@ class Program:
         for chat_id in st.chats[:n]:
             await self._final_run(P_OBSERVE, chat_id, "storm", self.bound_s)
 
-    async def _final_run(self, process: int, chat_id: str, phase: str, bound_s: float) -> None:
-        self.rec.add("invoke", "run", process, None, {"chat_id": chat_id, "phase": phase})
+    async def _final_run(self, process: int, chat_id: str, phase: str, bound_s: float,
+                         run_id: str | None = None) -> None:
+        """Poll ``/run`` until the chat's latest run is terminal (bounded); record it."""
+        self.rec.add("invoke", "run", process, None,
+                     {"chat_id": chat_id, "phase": phase, "run_id": run_id})
         status, run, message = 0, None, None
         with trio.move_on_after(bound_s):
             while True:
@@ -518,25 +504,11 @@ class Program:
     async def step_expire_lease(self, step: Step) -> None:
         """Wait (bounded by three leases) until the dead owner's run is reclaimed."""
         self.meta["expect_reclaim"] = True
-        run_id, chat_id = self.state.winner_run_id(), self.state.chat_id
+        if self.state.chat_id is None:
+            raise StepNotAvailable("expire-lease: no chat yet")
         lease_s = self.scenario.lease_s or 10.0
-        self.rec.add("invoke", "run", P_OBSERVE, None,
-                     {"chat_id": chat_id, "phase": "reclaimed", "run_id": run_id})
-        status, run = 0, None
-        with trio.move_on_after(3 * lease_s + 5):
-            while chat_id is not None:
-                try:
-                    status, run, _ = await self.ctx.service.latest(chat_id)
-                except Exception:  # noqa: BLE001 - no answer: keep polling within the bound
-                    status = 0
-                else:
-                    if run is None or run.get("status") not in ("pending", "running"):
-                        break
-                await trio.sleep(0.1)  # the lease is a clock: nothing to await but time
-        self.rec.add("ok" if status else "info", "run", P_OBSERVE, None, {
-            "phase": "reclaimed", "status": status,
-            "runs": [] if run is None else [{"id": run.get("id"), "status": run.get("status")}],
-            "run": None if run is None else {k: run.get(k) for k in ("id", "status", "error")}})
+        await self._final_run(P_OBSERVE, self.state.chat_id, "reclaimed", 3 * lease_s + 5,
+                              self.state.winner_run_id())
 
     async def step_database_outage(self, step: Step) -> None:
         """While run inserts fail in the database, N turns must each get 503
