@@ -80,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-s", type=_positive, default=5.0,
                        help="lease renewal interval (default 5)")
     _add_race(sub)
+    from harness.bench import add_arguments as add_bench_arguments
+    from harness.soak import add_arguments as add_soak_arguments
+
+    add_bench_arguments(sub.add_parser(
+        "bench", help="measure synchronisation, detection power, service figures and scale",
+        description="Benchmark the harness against the embedded reference: release and "
+                    "server-observed arrival spread per sync mode, detection power, service "
+                    "latency, wall time and scale. Writes JSON + Markdown (default "
+                    "reports/bench/)."))
+    add_soak_arguments(sub.add_parser(
+        "soak", help="minutes of mixed load against the embedded reference, then the totals",
+        description="Mixed load (bursts, distinct chats, stops, disconnects, provider errors, "
+                    "one instance restart) against the embedded reference; then runs by "
+                    "status, conflicts, reaps, provider calls, and the two numbers that must "
+                    "be zero. Writes JSON + Markdown (default reports/soak/)."))
     check = sub.add_parser("check", help="re-run the checkers on a saved history, offline",
                            description="Re-check a history.jsonl written by `harness race "
                                        "--report DIR`; prints the verdict table and exits with "
@@ -217,6 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harness.commands import list_scenarios
 
         return list_scenarios()
+    if args.command == "bench":
+        from harness.bench import run_bench_command
+
+        return run_bench_command(args)
+    if args.command == "soak":
+        from harness.soak import run_soak_command
+
+        return run_soak_command(args)
     if args.command == "check":
         return _check(args)
     if args.command == "report":
