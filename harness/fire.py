@@ -15,6 +15,7 @@ last byte is sent with ``send_all`` per stream (a checkpoint each), and the resu
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -69,10 +70,28 @@ class Response:
                          findings=[{"code": f.code, "message": f.message} for f in s.findings])
         elif self.status is not None:
             value.update(_error_body_summary(bytes(self.body)))
-        server_ns = self.headers.get("x-arrival-ns")
-        if server_ns and server_ns.isdigit():
-            value["server_arrival_ns"] = int(server_ns)
+        server_ns = arrival_ns(self.headers)
+        if server_ns is not None:
+            value["server_arrival_ns"] = server_ns
+        app_ms = _SERVER_TIMING_APP.search(self.headers.get("server-timing", ""))
+        if app_ms:
+            value["server_app_ms"] = float(app_ms.group(1))
         return value
+
+
+_SERVER_TIMING_APP = re.compile(r'(?:^|,)\s*app\s*;[^,]*?dur=(\d{1,9}(?:\.\d{1,6})?)', re.I)
+_SERVER_TIMING_ARRIVAL = re.compile(r'(?:^|,)\s*arrival\s*;[^,]*?desc="?(\d{1,20})"?', re.I)
+
+
+def arrival_ns(headers: dict[str, str]) -> int | None:
+    """The server's arrival timestamp of this request on the host's monotonic clock, when the
+    target exposes one (``x-arrival-ns: <ns>`` or ``server-timing: arrival;desc="<ns>"``, as
+    the reference does); only comparable with our clock when both run on one host."""
+    raw = headers.get("x-arrival-ns", "").strip()
+    if raw.isdigit():
+        return int(raw)
+    match = _SERVER_TIMING_ARRIVAL.search(headers.get("server-timing", ""))
+    return int(match.group(1)) if match else None
 
 
 def _error_body_summary(raw: bytes) -> dict[str, Any]:

@@ -13,11 +13,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from reference import store
+from reference.arrival import ArrivalTimestamps
 from reference.auth import Authenticator, bearer_token
 from reference.faults import Fault
 from reference.gate import Gate
@@ -246,5 +248,6 @@ def create_app(settings: Settings, *,
             psycopg.Error: _database_error,
             Exception: _crash,
         },
+        middleware=[Middleware(ArrivalTimestamps)],
         lifespan=lifespan,
     )
