@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from harness.history import Op, ProviderCall, Trial
 
@@ -88,32 +88,64 @@ class CheckResult:
 
 # -- strict readers ------------------------------------------------------------------------------
 
-def _int(value: Any, where: str) -> int:
+def _int(value: Any, where: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{where}={value!r} is not an int")
     return value
 
 
-def _opt_int(value: Any, where: str) -> int | None:
+def _opt_int(value: Any, where: object) -> int | None:
     return None if value is None else _int(value, where)
 
 
-def _number(value: Any, where: str) -> float:
+def _number(value: Any, where: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{where}={value!r} is not a number")
     return float(value)
 
 
-def _opt_str(value: Any, where: str) -> str | None:
+def _opt_str(value: Any, where: object) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{where}={value!r} is not a string")
     return value
 
 
-def _list(value: Any, where: str) -> list[Any]:
+def _list(value: Any, where: object) -> list[Any]:
     if not isinstance(value, list | tuple):
         raise TypeError(f"{where}={value!r} is not a list")
     return list(value)
+
+
+_T = TypeVar("_T")
+
+
+class _once(Generic[_T]):  # noqa: N801 - used as a decorator, like property
+    """A lazily computed attribute, kept in the instance after its first read (without the
+    per-read lock ``functools.cached_property`` takes on Python 3.11). A value that fails to
+    read raises each time, as a plain property would."""
+
+    def __init__(self, fn: Callable[[Any], _T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+
+    def __get__(self, obj: Any, owner: Any = None) -> _T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        value = self.fn(obj)
+        obj.__dict__[self.name] = value
+        return value
+
+
+class _Where:
+    """Where a value was read ("op 12: status"), formatted only if it is reported."""
+
+    __slots__ = ("op", "key")
+
+    def __init__(self, op: Op, key: str) -> None:
+        self.op, self.key = op, key
+
+    def __str__(self) -> str:
+        return f"op {self.op.index}: {self.key}"
 
 
 @dataclass(frozen=True)
@@ -123,19 +155,18 @@ class Request:
     invoke: Op
     completion: Op | None
 
-    def _where(self, key: str) -> str:
-        op = self.completion if self.completion is not None else self.invoke
-        return f"op {op.index}: {key}"
+    def _where(self, key: str) -> _Where:
+        return _Where(self.completion if self.completion is not None else self.invoke, key)
 
     def _answer(self, key: str) -> Any:
         c = self.completion
         return None if c is None or c.type == "fail" else c.get(key)
 
-    @property
+    @_once
     def index(self) -> int:
         return self.completion.index if self.completion is not None else self.invoke.index
 
-    @property
+    @_once
     def outcome(self) -> str:
         return "info" if self.completion is None else self.completion.type
 
@@ -147,54 +178,54 @@ class Request:
     def chat_id(self) -> Any:
         return self.invoke.get("chat_id")
 
-    @property
+    @_once
     def sent_ns(self) -> int:
         """When the request's last byte went out (the invoke's time when not recorded)."""
         sent = _opt_int(self.invoke.get("sent_ns"), f"op {self.invoke.index}: sent_ns")
         return self.invoke.time_ns if sent is None else sent
 
-    @property
+    @_once
     def status(self) -> int | None:
         if self.outcome == "ok":
             return _int(self._answer("status"), self._where("status"))
         return _opt_int(self._answer("status"), self._where("status"))
 
-    @property
+    @_once
     def headers_ns(self) -> int | None:
         if self.outcome == "ok":
             return _int(self._answer("headers_ns"), self._where("headers_ns"))
         return _opt_int(self._answer("headers_ns"), self._where("headers_ns"))
 
-    @property
+    @_once
     def end_ns(self) -> int | None:
         return _opt_int(self._answer("end_ns"), self._where("end_ns"))
 
-    @property
+    @_once
     def run_id(self) -> str | None:
         return _opt_str(self._answer("run_id"), self._where("run_id"))
 
-    @property
+    @_once
     def code(self) -> str | None:
         return _opt_str(self._answer("code"), self._where("code"))
 
-    @property
+    @_once
     def terminal(self) -> str | None:
         return _opt_str(self._answer("terminal"), self._where("terminal"))
 
-    @property
+    @_once
     def frames(self) -> list[str]:
         frames = _list(self._answer("frames") or [], self._where("frames"))
         return [_opt_str(f, self._where("frames[]")) or "" for f in frames]
 
-    @property
+    @_once
     def findings(self) -> list[dict[str, Any]]:
         return _list(self._answer("findings") or [], self._where("findings"))
 
-    @property
+    @_once
     def got_200(self) -> bool:
         return self.status == 200
 
-    @property
+    @_once
     def tracked(self) -> bool:
         """Got 200 and its start frame carried a run id."""
         return self.got_200 and self.run_id is not None
@@ -202,8 +233,11 @@ class Request:
 
 def turns(trial: Trial, role: str | None = None) -> list[Request]:
     """Every ``turn`` request (of one ``role`` if given), in invoke order."""
-    return [Request(inv, comp) for inv, comp in trial.completions("turn")
-            if role is None or inv.get("role") == role]
+    every = trial.memo(("turns", None), lambda: [
+        Request(inv, comp) for inv, comp in trial.completions("turn")])
+    if role is None:
+        return every
+    return trial.memo(("turns", role), lambda: [r for r in every if r.invoke.get("role") == role])
 
 
 def find_winner(racers: Iterable[Request]) -> Request | None:
@@ -658,6 +692,45 @@ def chats_independent(trial: Trial) -> CheckResult:
     return CheckResult(prop, "valid", f"all {len(racers)} turns on distinct chats got 200")
 
 
+
+def chats_one_winner_each(trial: Trial) -> CheckResult:
+    """Several simultaneous turns on each of several chats: per chat, exactly one tracked 200
+    and a JSON 409 A_RUN_ALREADY_ACTIVE for every other (contention stays per chat)."""
+    prop = "chats/one-winner-each"
+    racers = turns(trial, "racer")
+    by_chat: dict[Any, list[Request]] = {}
+    for r in racers:
+        by_chat.setdefault(r.chat_id, []).append(r)
+    if None in by_chat or len(by_chat) < 2 or all(len(rs) < 2 for rs in by_chat.values()):
+        return CheckResult(prop, "unknown", f"not a many-chat race: {len(racers)} racer(s) on "
+                           f"{len(by_chat)} chat(s)")
+    problems: list[str] = []
+    offending: list[Request] = []
+    undecided: list[Request] = []
+    for chat, rs in by_chat.items():
+        winners = [r for r in rs if r.outcome == "ok" and r.got_200]
+        if len(winners) != 1 or not winners[0].tracked:
+            problems.append(f"chat {chat}: {len(winners)} winner(s)"
+                            + ("" if len(winners) != 1 else " without a run id"))
+            offending += winners
+            continue
+        for r in rs:
+            if r is winners[0]:
+                continue
+            if r.outcome != "ok" or r.status == 429:
+                undecided.append(r)
+            elif not (r.status == 409 and _json(r) and r.code == RUN_ALREADY_ACTIVE):
+                problems.append(f"op {r.index}: {r.status} code={r.code}")
+                offending.append(r)
+    if problems:
+        return CheckResult(prop, "invalid", f"{len(problems)} problem(s) across {len(by_chat)} "
+                           f"chats: {_listing(problems)}", _ops(offending))
+    if undecided:
+        return CheckResult(prop, "unknown", f"{len(undecided)} of {len(racers)} turns undecided "
+                           f"({_statuses(undecided)})", _ops(undecided))
+    return CheckResult(prop, "valid", f"each of {len(by_chat)} chats had exactly one winner; "
+                       f"the other {len(racers) - len(by_chat)} turns got 409")
+
 # -- composition ---------------------------------------------------------------------------------
 
 RACE_CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
@@ -673,8 +746,9 @@ RACE_CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
     "race/released": released,
     "stream/well-formed": stream_well_formed,
     "chats/independent": chats_independent,
+    "chats/one-winner-each": chats_one_winner_each,
 }
-SINGLE_CHAT_RACE: tuple[str, ...] = tuple(p for p in RACE_CHECKERS if p != "chats/independent")
+SINGLE_CHAT_RACE: tuple[str, ...] = tuple(p for p in RACE_CHECKERS if not p.startswith("chats/"))
 # Every property by id: the race properties above, and (registered at the end of this module)
 # those only some scenarios check.
 CHECKERS: dict[str, Callable[[Trial], CheckResult]] = dict(RACE_CHECKERS)

@@ -31,10 +31,11 @@ first_frame_ns, end_ns, frames: [type...], terminal, done, findings: [...], erro
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
+T = TypeVar("T")
 OpType = Literal["invoke", "ok", "fail", "info"]
 OP_TYPES: tuple[str, ...] = ("invoke", "ok", "fail", "info")
 SCHEMA_VERSION = 1
@@ -109,9 +110,25 @@ class Trial:
     ops: list[Op] = field(default_factory=list)
     provider: list[ProviderCall] | None = None
     db: list[DbSnapshot] | None = None
+    _memo: dict[Any, tuple[int, Any]] = field(default_factory=dict, init=False, repr=False,
+                                               compare=False)
+
+    def memo(self, key: Any, compute: Callable[[], T]) -> T:
+        """``compute()``, remembered for this trial until an op is appended: every checker
+        derives the same views (pairs, requests), and a 100,000-op history must not rebuild
+        them once per property. Callers must not mutate what they get."""
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == len(self.ops):
+            return hit[1]  # type: ignore[no-any-return]
+        value = compute()
+        self._memo[key] = (len(self.ops), value)
+        return value
 
     def completions(self, f: str | None = None) -> list[tuple[Op, Op | None]]:
         """Every invoke with its completion (None if it never completed)."""
+        return self.memo(("completions", f), lambda: self._pair(f))
+
+    def _pair(self, f: str | None) -> list[tuple[Op, Op | None]]:
         pending: dict[tuple[int, str], Op] = {}
         pairs: list[tuple[Op, Op | None]] = []
         slot: dict[int, int] = {}

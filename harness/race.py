@@ -67,7 +67,7 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM arrived: the runs started were stopped, the reports so far kept."""
 
 
-async def _raise_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+async def raise_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
@@ -147,7 +147,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
     available = EMBEDDED_CAPABILITIES if embedded else _target_capabilities(opts)
     try:
         async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
-            await nursery.start(_raise_on_signal)
+            await nursery.start(raise_on_signal)
             provider: FakeProvider | None = None
             if embedded or opts.provider_listen is not None:
                 provider = FakeProvider()
@@ -206,7 +206,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                 trial = await run_scenario_trial(ctx, scenario, shared)
                             finally:
                                 with trio.CancelScope(shield=True):
-                                    await _stop_leftovers(ctx)
+                                    await stop_leftovers(ctx)
                             trials.append(trial)
                             results.append(check_trial(trial, scenario.properties))
                             _progress(opts, scenario, len(trials), results[-1], t0)
@@ -287,7 +287,7 @@ def _scenario_verdict(name: str, trials: list[Trial], results: list[dict[str, Ch
     return worst(verdicts)
 
 
-async def _stop_leftovers(ctx: TrialContext) -> None:
+async def stop_leftovers(ctx: TrialContext) -> None:
     """Stop every run this trial's racers started that may still be active (bounded)."""
     run_ids = {r.response.stream.run_id for r in ctx.racers
                if r.response.stream is not None and r.response.stream.run_id}

@@ -150,6 +150,30 @@ def distinct_chats(*outcomes: tuple[OpType, int | None]) -> Trial:
     return h.trial()
 
 
+def many_chats(*chats: tuple[tuple[OpType, int | None], ...]) -> Trial:
+    """Several racers on each of several chats; ops are numbered in call order."""
+    h = History()
+    p = 0
+    plan: list[tuple[int, OpType, int | None, int]] = []
+    for c, outcomes in enumerate(chats):
+        for type_, status in outcomes:
+            h.turn(p, 1000 + p * 0.01, f"n{p}", chat_id=f"chat-{c}")
+            plan.append((p, type_, status, c))
+            p += 1
+    for p, type_, status, c in plan:
+        if type_ == "ok" and status == 200:
+            h.stream(p, headers_ms=1005, end_ms=1100, run_id=f"run-{p}")
+        elif type_ == "ok":
+            h.refuse(p, 1010, status=status or 409, active_run_id=f"run-c{c}")
+        else:
+            h.op(type_, "turn", p, 3000, error="timeout")
+    return h.trial()
+
+
+OK200: tuple[OpType, int | None] = ("ok", 200)
+OK409: tuple[OpType, int | None] = ("ok", 409)
+
+
 # -- twins: small edits of a trial ---------------------------------------------------------------
 
 def patch(trial: Trial, index: int, **value: Any) -> Trial:
@@ -378,6 +402,16 @@ CASES: list[Case] = [
     ("chats/independent", lambda: distinct_chats(("ok", 200), ("info", None), ("ok", 200)),
      "unknown", (4,), "1 of 3 turns undecided (info×1)"),
     ("chats/independent", model, "unknown", (), "not a distinct-chat race: 3 racer(s) on 1 chat"),
+
+    ("chats/one-winner-each", lambda: many_chats((OK200, OK409, OK409), (OK409, OK200)),
+     "valid", (), "each of 2 chats had exactly one winner; the other 3 turns got 409"),
+    ("chats/one-winner-each", lambda: many_chats((OK200, OK200, OK409), (OK409, OK200)),
+     "invalid", (5, 6), "chat chat-0: 2 winner(s)"),
+    ("chats/one-winner-each", lambda: many_chats((OK200, OK409), (("ok", 503), OK200)),
+     "invalid", (6,), "op 6: 503 code=A_RUN_ALREADY_ACTIVE"),
+    ("chats/one-winner-each", lambda: many_chats((OK200, ("info", None)), (OK409, OK200)),
+     "unknown", (5,), "1 of 4 turns undecided (info×1)"),
+    ("chats/one-winner-each", model, "unknown", (), "not a many-chat race: 3 racer(s) on 1 chat"),
 ]
 
 
@@ -407,9 +441,10 @@ def test_a_malformed_value_crashes_a_checker_into_unknown() -> None:
         "checker crashed: TypeError: op 5: status='abc' is not an int")
     crashed = {p for p, r in results.items() if r.reason.startswith("checker crashed: TypeError")}
     # the released turn's checker and the chat-id check never read the racers' statuses
-    assert crashed == set(RACE_CHECKERS) - {"race/released", "chats/independent"}
+    chats = {"chats/independent", "chats/one-winner-each"}
+    assert crashed == set(RACE_CHECKERS) - {"race/released", *chats}
     assert {p: r.verdict for p, r in results.items() if p not in crashed} == {
-        "race/released": "valid", "chats/independent": "unknown"}
+        "race/released": "valid", **{p: "unknown" for p in chats}}
     assert all(r.verdict == "unknown" and r.ops == () for p, r in results.items() if p in crashed)
 
 
@@ -464,8 +499,8 @@ def test_checkers_are_named_in_the_conformance_order() -> None:
         "race/overlap-achieved", "race/one-winner", "race/losers-409", "race/losers-fast",
         "race/no-loser-provider-call", "race/winner-provider-call", "race/no-untracked-run",
         "race/no-loser-writes", "race/winner-stoppable", "race/released", "stream/well-formed",
-        "chats/independent"]
-    assert SINGLE_CHAT_RACE == tuple(list(RACE_CHECKERS)[:-1])
+        "chats/independent", "chats/one-winner-each"]
+    assert SINGLE_CHAT_RACE == tuple(list(RACE_CHECKERS)[:-2])
 
 
 @pytest.mark.parametrize(("verdicts", "expected"), [
