@@ -1,0 +1,164 @@
+"""`harness bench`: it runs, and writes well-formed results. No figure is asserted against a
+bar here (timing belongs to the benchmark's own report, not to unit tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.bench import (
+    SECTIONS,
+    Bench,
+    Plan,
+    percentile,
+    render_markdown,
+    synthetic_trial,
+    trials_for_confidence,
+    wilson_lower,
+    write_results,
+)
+from harness.checkers import SINGLE_CHAT_RACE, check_trial
+from harness.cli import main
+from harness.history import Op, Trial
+
+TINY = Plan(sync_ns=(2, 5), sync_trials=1, sync_trials_large=1, detection_ns=(2,),
+            detection_trials=2, service_trials=1, cold_runs=1, scale_n=12, scale_chats=3,
+            scale_per_chat=2, synthetic_ops=3000, wall_n=3)
+
+
+@pytest.fixture
+def embedded_db(monkeypatch: pytest.MonkeyPatch, pg_empty_dsn: str) -> str:
+    monkeypatch.setenv("HARNESS_PG_DSN", pg_empty_dsn)
+    return pg_empty_dsn
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+def test_trials_for_confidence() -> None:
+    assert trials_for_confidence(1.0) == 1
+    assert trials_for_confidence(0.5) == 5          # 1 - 0.5**5 = 0.969 >= 0.95 > 1 - 0.5**4
+    assert trials_for_confidence(0.0) is None
+    assert trials_for_confidence(None) is None
+
+
+@given(st.floats(min_value=0.001, max_value=0.999))
+def test_trials_for_confidence_is_the_least_that_reaches_95(p: float) -> None:
+    k = trials_for_confidence(p)
+    assert k is not None
+    assert 1 - (1 - p) ** k >= 0.95 - 1e-12
+    assert k == 1 or 1 - (1 - p) ** (k - 1) < 0.95 + 1e-12
+
+
+@given(st.integers(min_value=1, max_value=500), st.data())
+def test_the_wilson_lower_bound_is_below_the_rate(trials: int, data: st.DataObject) -> None:
+    caught = data.draw(st.integers(min_value=0, max_value=trials))
+    lower = wilson_lower(caught, trials)
+    assert lower is not None and 0.0 <= lower <= caught / trials + 1e-12
+
+
+def test_wilson_lower_bound_known_values() -> None:
+    assert wilson_lower(0, 0) is None
+    assert math.isclose(wilson_lower(50, 50) or 0, 0.9287, abs_tol=1e-4)
+    assert math.isclose(wilson_lower(10, 10) or 0, 0.7225, abs_tol=1e-4)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99
+    assert percentile([7.0], 99) == 7.0 and percentile([], 50) is None
+
+
+def test_a_synthetic_history_clones_losers_and_stays_checkable() -> None:
+    ops = [Op(0, "invoke", "turn", 0, 10, "w", {"role": "racer", "chat_id": "c", "sent_ns": 10}),
+           Op(1, "invoke", "turn", 1, 10, "l", {"role": "racer", "chat_id": "c", "sent_ns": 10}),
+           Op(2, "ok", "turn", 0, 20, None, {"status": 200, "run_id": "r", "headers_ns": 15,
+                                             "frames": ["start"], "findings": []}),
+           Op(3, "ok", "turn", 1, 20, None, {"status": 409, "code": "A_RUN_ALREADY_ACTIVE",
+                                             "json": True, "headers_ns": 12})]
+    base = Trial(meta={"n": 2, "losers_fast_bound_ms": 1000.0}, ops=ops)
+    big = synthetic_trial(base, 1000)
+    assert len(big.ops) >= 1000 and big.meta["n"] == 2 + (len(big.ops) - 4) // 2
+    assert [op.index for op in big.ops] == list(range(len(big.ops)))
+    results = check_trial(big, ["race/one-winner", "race/losers-409"])
+    assert {p: r.verdict for p, r in results.items()} == {
+        "race/one-winner": "valid", "race/losers-409": "valid"}
+    with pytest.raises(ValueError, match="no 409 loser"):
+        synthetic_trial(Trial(meta={}, ops=ops[:1] + ops[2:3]), 10)
+
+
+# -- the command ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--sections", "sync,nope"], "--sections: unknown section(s) nope"),
+    (["--trials", "0"], "--trials: expected an integer >= 1, got 0"),
+])
+def test_bad_flags_exit_2_naming_the_flag(argv: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_tiny_bench_runs_every_section_and_writes_well_formed_results(
+        embedded_db: str, tmp_path: Path) -> None:
+    bench = Bench(TINY, SECTIONS, seed=7)
+    trio.run(bench.run)
+    write_results(tmp_path, bench.result)
+    result = json.loads((tmp_path / "bench.json").read_text())
+    markdown = (tmp_path / "bench.md").read_text()
+
+    assert result["schema"] == "raceharness/bench/v1" and result["interrupted"] is False
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["python"] and machine["postgres"]
+    s = result["sections"]
+    assert set(s) == set(SECTIONS)
+
+    rows = s["sync"]["rows"]
+    assert {(r["sync"], r["n"]) for r in rows if r["server"] == "uvicorn"} >= {
+        ("last-byte", 2), ("naive", 2), ("last-byte", 5), ("naive", 5)}
+    for row in rows:
+        assert row["release_spread_ms"]["count"] == 1
+        assert row["release_spread_ms"]["median"] >= 0
+        # the reference stamps arrivals, so the server-observed spread is always there
+        assert row["arrival_spread_ms"]["median"] is not None
+        assert sum(row["verdicts"].values()) == 1
+    naive = next(r for r in rows if r["sync"] == "naive" and r["n"] == 5)
+    assert naive["release_spread_ms"]["ratio_to_naive"] in (1.0, None)
+
+    det = s["detection"]["rows"]
+    assert {(r["sync"], r["n"]) for r in det if r["server"] == "uvicorn"} == {
+        ("last-byte", 2), ("naive", 2)}
+    for row in det:
+        assert row["trials"] == 2 and 0 <= row["caught"] <= 2
+        assert row["catch_rate"] == row["caught"] / 2
+
+    service = s["service"]
+    assert service["responses_409"] == 49
+    assert 0 < service["latency_409_ms"]["p50"] <= service["latency_409_ms"]["p99"]
+    assert service["server_409_ms"]["p50"] is not None
+    assert service["winner_ttff_ms"]["median"] > 0
+    assert service["verdicts"] == {"valid": 1, "invalid": 0, "unknown": 0}
+
+    wall = s["wall"]
+    assert wall["n"] == 3 and wall["runs"] == 1
+    assert wall["race_phase_s"]["median"] < wall["cold_s"]["median"]
+    assert 0 < wall["burst_s"]["median"] <= wall["race_phase_s"]["median"]
+
+    scale = s["scale"]
+    assert scale["same_chat"]["n"] == 12 and scale["same_chat"]["all_evaluated"] is True
+    assert set(scale["same_chat"]["verdicts"]) == set(SINGLE_CHAT_RACE)
+    assert scale["many_chats"]["chats"] == 3 and scale["many_chats"]["all_evaluated"] is True
+    assert scale["many_chats"]["verdicts"]["chats/one-winner-each"] == "valid"
+    assert scale["synthetic"]["ops"] >= 3000
+    assert scale["harness_peak_rss_mb"] > 0 and scale["server_peak_rss_mb"] > 0
+
+    for heading in ("## Synchronisation", "## Detection power", "## Service", "## Wall time",
+                    "## Scale", "## Against the bars"):
+        assert heading in markdown
+    assert markdown == render_markdown(result) + "\n"
