@@ -1,17 +1,26 @@
-"""Serving the reference app with uvicorn (httptools + uvloop), SIGTERM-safe.
+"""Serving the reference app, SIGTERM-safe: uvicorn (httptools + uvloop, HTTP/1.1; the
+default) or hypercorn (asyncio + uvloop; HTTP/2 as well as HTTP/1.1).
 
 On SIGTERM/SIGINT the instance first ends its own runs as ``aborted`` (their streams get an
-``abort`` frame), then uvicorn closes connections and the lifespan closes the pool.
+``abort`` frame), then the server closes connections and the lifespan closes the pool.
+
+hypercorn speaks HTTP/2 on plain TCP with prior knowledge (h2c: a connection opening with the
+HTTP/2 preface is switched to HTTP/2; others stay HTTP/1.1) and, with a certificate, over TLS
+by ALPN (``h2``, ``http/1.1``). ``--h2-max-concurrent-streams`` sets the
+``SETTINGS_MAX_CONCURRENT_STREAMS`` it announces (default 100).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import uvicorn
 
@@ -22,6 +31,9 @@ from reference.schema import apply_schema_sync
 from reference.settings import Settings, SettingsError
 
 log = logging.getLogger("reference")
+
+SERVERS = ("uvicorn", "hypercorn")
+DEFAULT_H2_MAX_CONCURRENT_STREAMS = 100  # hypercorn's default
 
 
 class ReferenceServer(uvicorn.Server):
@@ -60,16 +72,103 @@ def build_server(settings: Settings, host: str, port: int, *, access_log: bool =
     return server_class(cfg)
 
 
+# -- hypercorn ---------------------------------------------------------------------------------
+
+def hypercorn_config(host: str, port: int, *, graceful_timeout_s: float,
+                     ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+                     h2_max_concurrent_streams: int = DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+                     access_log: bool = False) -> Any:
+    """A hypercorn ``Config``: h2c prior knowledge and HTTP/1.1 on plain TCP; with a
+    certificate, TLS with ALPN ``h2`` and ``http/1.1``."""
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.certfile = ssl_certfile
+    config.keyfile = ssl_keyfile
+    config.alpn_protocols = ["h2", "http/1.1"]
+    config.h2_max_concurrent_streams = h2_max_concurrent_streams
+    config.graceful_timeout = graceful_timeout_s
+    config.backlog = 4096
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
+    return config
+
+
+async def serve_hypercorn(app: Any, config: Any, shutdown: asyncio.Event) -> None:
+    """Serve ``app`` until ``shutdown`` is set; then the instance aborts its own runs first,
+    and only then does hypercorn stop accepting, drain connections and run the lifespan's
+    shutdown."""
+    from hypercorn.asyncio import serve
+
+    async def trigger() -> None:
+        await shutdown.wait()
+        rt = getattr(app.state, "runtime", None)
+        if rt is not None:
+            await rt.registry.abort_all("server shutting down")
+
+    await serve(app, config, shutdown_trigger=trigger)
+
+
+def run_hypercorn(settings: Settings, host: str, port: int, *,
+                  ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+                  h2_max_concurrent_streams: int = DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+                  access_log: bool = False) -> None:
+    """Serve the reference with hypercorn on uvloop (when installed) until SIGTERM/SIGINT."""
+    app = create_app(settings)
+    config = hypercorn_config(host, port, graceful_timeout_s=settings.stop_wait_s + 1,
+                              ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                              h2_max_concurrent_streams=h2_max_concurrent_streams,
+                              access_log=access_log)
+
+    async def serve_until_signalled() -> None:
+        shutdown = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, shutdown.set)
+        try:
+            await serve_hypercorn(app, config, shutdown)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        loop_factory = uvloop.new_event_loop
+    log.info("serving with hypercorn on %s (%s; SETTINGS_MAX_CONCURRENT_STREAMS=%d)",
+             "uvloop" if loop_factory else "asyncio",
+             "TLS, ALPN h2 and http/1.1" if ssl_certfile else "h2c prior knowledge and HTTP/1.1",
+             h2_max_concurrent_streams)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve_until_signalled())
+
+
+# -- the command -------------------------------------------------------------------------------
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m reference``: serve with settings from the environment (DATABASE_URL, ...)."""
     parser = argparse.ArgumentParser(prog="python -m reference", description=(
         "Serve the reference AI-chat server. Settings come from the environment "
         "(DATABASE_URL, PROVIDER_BASE_URL, PROVIDER_API_KEY, AUTONOMOUS_RUNS, REFERENCE_FAULTS, "
-        "HEARTBEAT_INTERVAL_S, LEASE_S, ...)."))
+        "HEARTBEAT_INTERVAL_S, LEASE_S, ..., and REFERENCE_SERVER for --server)."))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--fault", action="append", default=[], metavar="NAME",
                         help=f"enable a fault switch (one of: {', '.join(VALID_FAULTS)})")
+    parser.add_argument("--server", choices=SERVERS, default=None,
+                        help="the HTTP server: uvicorn (HTTP/1.1 only; the default) or "
+                             "hypercorn (HTTP/2 too: h2c with prior knowledge on plain TCP, "
+                             "ALPN h2 over TLS, and HTTP/1.1); REFERENCE_SERVER=hypercorn "
+                             "works too")
+    parser.add_argument("--h2-max-concurrent-streams", type=int, default=None, metavar="N",
+                        help="the SETTINGS_MAX_CONCURRENT_STREAMS hypercorn announces on "
+                             f"HTTP/2 connections (default {DEFAULT_H2_MAX_CONCURRENT_STREAMS}); "
+                             "needs --server hypercorn")
     parser.add_argument("--ssl-certfile", help="serve https with this certificate (PEM)")
     parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     parser.add_argument("--token", action="append", default=[], metavar="TOKEN",
@@ -84,11 +183,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, UnknownFaultError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    server = args.server or os.environ.get("REFERENCE_SERVER", "").strip() or "uvicorn"
+    if server not in SERVERS:
+        print(f"error: REFERENCE_SERVER: expected one of {', '.join(SERVERS)}, got {server!r}",
+              file=sys.stderr)
+        return 2
+    streams = args.h2_max_concurrent_streams
+    if streams is not None and server != "hypercorn":
+        print("error: --h2-max-concurrent-streams: needs --server hypercorn (uvicorn speaks "
+              "HTTP/1.1 only)", file=sys.stderr)
+        return 2
+    if streams is not None and streams < 1:
+        print(f"error: --h2-max-concurrent-streams: must be >= 1, got {streams}",
+              file=sys.stderr)
+        return 2
     tokens = [*args.token, *filter(None, os.environ.get("REFERENCE_TOKENS", "").split(","))]
     if tokens:
         apply_schema_sync(settings.database_url, settings.faults)
         for i, token in enumerate(tokens):
             ensure_user_sync(settings.database_url, f"user{i}", token)
+    if server == "hypercorn":
+        run_hypercorn(settings, args.host, args.port, ssl_certfile=args.ssl_certfile,
+                      ssl_keyfile=args.ssl_keyfile,
+                      h2_max_concurrent_streams=streams or DEFAULT_H2_MAX_CONCURRENT_STREAMS)
+        return 0
     build_server(settings, args.host, args.port, ssl_certfile=args.ssl_certfile,
                  ssl_keyfile=args.ssl_keyfile).run()
     return 0
