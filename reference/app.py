@@ -202,9 +202,13 @@ def create_app(settings: Settings, *,
             log.warning("FAULTS ENABLED: %s — this server is deliberately broken",
                         ", ".join(sorted(f.value for f in settings.faults)))
             log.warning("!" * 72)
+        # check: a connection whose backend was terminated (a database outage) is replaced
+        # before use instead of failing the request that gets it.
         pool = AsyncConnectionPool(settings.database_url, min_size=settings.pool_min_size,
                                    max_size=settings.pool_max_size,
                                    timeout=settings.pool_timeout_s, open=False,
+                                   check=AsyncConnectionPool.check_connection,
+                                   reconnect_timeout=settings.pool_reconnect_timeout_s,
                                    name=f"reference-{settings.instance_id}")
         await pool.open(wait=True, timeout=30.0)
         try:
@@ -219,7 +223,10 @@ def create_app(settings: Settings, *,
             metrics_.active_runs = registry.active_count
             app.state.runtime = Runtime(
                 settings=settings, pool=pool, gate=gate, provider=provider, metrics=metrics_,
-                registry=registry, driver=RunDriver(gate, provider, metrics_, settings.faults),
+                registry=registry, driver=RunDriver(
+                    gate, provider, metrics_, settings.faults,
+                    settle_retry_s=settings.settle_retry_s,
+                    settle_retry_max_delay_s=min(1.0, settings.heartbeat_interval_s)),
                 auth=Authenticator(pool))
             registry.start()
             log.info("reference instance %s ready (stop channel %s%s)", settings.instance_id,

@@ -14,7 +14,10 @@ A chat may hold at most one *active* run (``pending`` or ``running``). Two guard
    must then answer 503 and never stream without a run row.
 
 Terminal writes are compare-and-set (``WHERE id = %s AND status IN ('pending','running')``), so
-a late writer never overwrites a final status or touches a newer run.
+a late writer never overwrites a final status or touches a newer run. That also makes them safe to
+retry: ``settle_retrying`` repeats one while the database is unavailable (stopped, its backends
+terminated, the pool out of connections), so a run in flight during an outage still ends once the
+database is back.
 
 The fault switches that live here are marked ``# FAULT:``.
 """
@@ -22,8 +25,9 @@ The fault switches that live here are marked ``# FAULT:``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,18 +51,28 @@ _ACTIVE = "status IN ('pending', 'running')"
 # The reclaim and the holder lookup are two statements on purpose: a reclaim that waited on the
 # row lock of a concurrent reclaim (or the owner's late settle) must look for the holder in a new
 # snapshot, or it reports the run that was just ended as the chat's active run.
-_RECLAIM_EXPIRED = f"""
-WITH reclaimed AS (
+_ADMIT = f"""
+WITH owner AS (
+    SELECT creator_id FROM ai_chats WHERE id = %(chat_id)s AND deleted_at IS NULL
+), reclaimed AS (
     UPDATE ai_chat_runs
        SET status = 'aborted', error = 'lease expired',
            finished_at = now(), updated_at = now()
      WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND lease_expires_at < now()
+       AND (%(user_id)s::uuid IS NULL
+            OR EXISTS (SELECT 1 FROM owner WHERE creator_id = %(user_id)s::uuid))
  RETURNING id, assistant_message_id
 ), aborted_messages AS (
     UPDATE ai_chat_messages SET status = 'aborted', updated_at = now()
      WHERE id IN (SELECT assistant_message_id FROM reclaimed) AND status = 'streaming'
 )
-SELECT count(*) FROM reclaimed
+SELECT (SELECT creator_id FROM owner), (SELECT count(*) FROM reclaimed), h.id, h.expired
+  FROM (SELECT 1) AS one
+  LEFT JOIN LATERAL (
+       SELECT id, coalesce(lease_expires_at < now(), false) AS expired
+         FROM ai_chat_runs
+        WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND id NOT IN (SELECT id FROM reclaimed)
+        ORDER BY created_at DESC, id DESC LIMIT 1) AS h ON true
 """
 
 _INSERT_RUN = """
@@ -92,6 +106,16 @@ class PrecheckResult:
     reclaimed: int
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What the pre-check saw: the chat's owner (None: no such chat), the expired holders it
+    reclaimed, and the active run left (None: the chat looked free)."""
+
+    owner: UUID | None
+    reclaimed: int
+    active_id: UUID | None
+
+
 class Gate:
     """Run SQL bound to one pool and one instance's settings."""
 
@@ -104,19 +128,36 @@ class Gate:
 
     # -- guards ---------------------------------------------------------------------------
 
-    async def precheck(self, chat_id: UUID) -> PrecheckResult:
-        """Reclaim an expired holder, then raise if an active run remains (the fast path)."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(_RECLAIM_EXPIRED, {"chat_id": chat_id})
-            (reclaimed,) = await cur.fetchone()  # type: ignore[misc]
-            cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,))  # a new snapshot
-            holder = await cur.fetchone()
-        active_id = None if holder is None else holder[0]
+    async def admit(self, chat_id: UUID, user_id: UUID | None) -> Admission:
+        """The pre-check, in one autocommit round trip: the chat's owner, the reclaim of an
+        expired holder (only when ``user_id`` owns the chat, or no user is given), and the
+        active holder left. Never raises for a conflict: the caller answers 403 before 409.
+
+        One statement sees one snapshot, so the holder query excludes the rows it reclaims,
+        and an expired holder someone else reclaimed meanwhile is looked up again. The
+        pre-check is only the fast path: the INSERT below is the gate."""
+        async with _autocommit(self.pool) as conn:
+            cur = await conn.execute(_ADMIT, {"chat_id": chat_id, "user_id": user_id})
+            row = await cur.fetchone()
+            assert row is not None
+            owner, reclaimed, active_id, expired = row
+            if expired:
+                # An expired holder we did not reclaim: another reclaim (a concurrent pre-check,
+                # the reaper) held its row and has ended it since our snapshot. Look again in a
+                # new snapshot rather than report an ended run as the chat's active run.
+                cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,))
+                holder = await cur.fetchone()
+                active_id = None if holder is None else holder[0]
         if reclaimed:
             log.warning("reclaimed %d run(s) with an expired lease on chat %s", reclaimed, chat_id)
-        if active_id is not None:
-            raise RunAlreadyActiveError(chat_id, active_id, "precheck")
-        return PrecheckResult(reclaimed=reclaimed)
+        return Admission(owner=owner, reclaimed=int(reclaimed), active_id=active_id)
+
+    async def precheck(self, chat_id: UUID) -> PrecheckResult:
+        """Reclaim an expired holder, then raise if an active run remains (the fast path)."""
+        admission = await self.admit(chat_id, None)
+        if admission.active_id is not None:
+            raise RunAlreadyActiveError(chat_id, admission.active_id, "precheck")
+        return PrecheckResult(reclaimed=admission.reclaimed)
 
     async def begin(self, *, chat_id: UUID, user_id: UUID,
                     run_id: UUID | None = None) -> Claim | None:
@@ -131,10 +172,22 @@ class Gate:
         }
         if Fault.CLAIM_HELD_OPEN in self.faults:
             return await self._begin_held_open(params)
+        holder: UUID | None = None
         try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(_INSERT_RUN, params)
-                row = await cur.fetchone()
+            # Autocommit: the INSERT commits by itself (one round trip), and a loser looks up
+            # the holder on the same connection instead of queueing for another.
+            async with _autocommit(self.pool) as conn:
+                try:
+                    cur = await conn.execute(_INSERT_RUN, params)
+                    row = await cur.fetchone()
+                except pgerrors.UniqueViolation as exc:
+                    if (exc.diag.constraint_name == GATE_INDEX
+                            and not self.faults & _CONFLICT_FAULTS):
+                        try:
+                            holder = await _holder_on(conn, chat_id)
+                        except psycopg.Error:  # still a 409, only without activeRunId
+                            log.exception("could not look up the holder of chat %s", chat_id)
+                    raise
         except pgerrors.UniqueViolation as exc:
             if exc.diag.constraint_name != GATE_INDEX:
                 raise RunBeginFailedError(
@@ -146,7 +199,7 @@ class Gate:
             if Fault.BLANKET_500 in self.faults:
                 # FAULT: blanket-500 — the conflict escapes as an unexpected error, answered 500.
                 raise RuntimeError(f"run insert failed on chat {chat_id}") from exc
-            raise RunAlreadyActiveError(chat_id, await self.active_holder(chat_id), "gate") from exc
+            raise RunAlreadyActiveError(chat_id, holder, "gate") from exc
         except (psycopg.Error, OSError, TimeoutError) as exc:
             raise RunBeginFailedError(f"run insert failed: {type(exc).__name__}") from exc
         assert row is not None
@@ -179,12 +232,10 @@ class Gate:
         """The id of the chat's active run, looked up after a gate conflict (None if it ended)."""
         try:
             async with self.pool.connection() as conn:
-                cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,))
-                row = await cur.fetchone()
+                return await _holder_on(conn, chat_id)
         except psycopg.Error:
             log.exception("could not look up the active holder of chat %s", chat_id)
             return None
-        return None if row is None else row[0]
 
     # -- the run's own connection ---------------------------------------------------------
 
@@ -243,6 +294,34 @@ class Gate:
                 )
         return ended
 
+    async def settle_retrying(self, claim: Claim, *, give_up_after_s: float,
+                              max_delay_s: float = 1.0,
+                              on_failure: Callable[[BaseException], None] | None = None,
+                              **terminal: Any) -> bool | None:
+        """``settle`` retried with bounded backoff while the database is unavailable.
+
+        Returns what ``settle`` returned once a write went through, or None when the database
+        stayed unavailable for ``give_up_after_s`` (or the pool closed): the run's lease, no
+        longer renewed once its task ends, then lets the reaper end it. Only unavailability is
+        retried (``OperationalError``: no connection, a pool timeout, a terminated backend);
+        any other error propagates. ``on_failure`` sees each failed attempt.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + give_up_after_s
+        delay = 0.05
+        while True:
+            try:
+                return await self.settle(claim, **terminal)
+            except (psycopg.OperationalError, OSError) as exc:
+                if on_failure is not None:
+                    on_failure(exc)
+                if self.pool.closed or loop.time() + delay > deadline:
+                    log.error("terminal write of run %s still failing (%s); giving up",
+                              claim.run_id, type(exc).__name__)
+                    return None
+            await asyncio.sleep(delay)  # backoff between attempts on an unavailable database
+            delay = min(delay * 2, max_delay_s)
+
     async def mark_stop_requested(self, run_id: UUID) -> bool:
         """Stop a run owned by another instance: mark it; the owner hears and ends it."""
         async with self.pool.connection() as conn:
@@ -293,15 +372,20 @@ class Gate:
                 {"ids": run_ids, "lease_s": self.lease_s})
             return {row[0]: row[1] for row in await cur.fetchall()}
 
-    async def reap_expired(self) -> list[UUID]:
-        """Abort every active run whose lease expired (its owner died); returns their ids."""
+    async def reap_expired(self, live: list[UUID] | None = None) -> list[UUID]:
+        """Abort every active run whose lease expired (its owner died); returns their ids.
+
+        ``live``: runs this instance is streaming right now, never reaped here even when their
+        lease lapsed (a database outage longer than the lease stops the heartbeat too; the
+        next heartbeat renews them)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"""UPDATE ai_chat_runs
                        SET status = 'aborted', error = 'lease expired',
                            finished_at = now(), updated_at = now()
                      WHERE {_ACTIVE} AND lease_expires_at < now()
-                 RETURNING id, assistant_message_id""")
+                       AND NOT (id = ANY(%(live)s))
+                 RETURNING id, assistant_message_id""", {"live": live or []})
             rows = await cur.fetchall()
             msg_ids = [r[1] for r in rows if r[1] is not None]
             if msg_ids:
@@ -313,6 +397,30 @@ class Gate:
     async def notify_stop(self, run_id: UUID) -> None:
         async with self.pool.connection() as conn:
             await conn.execute("SELECT pg_notify('ai_chat_run_stop', %s)", (str(run_id),))
+
+
+# Faults whose conflict path never reports the holder.
+_CONFLICT_FAULTS = frozenset({Fault.SWALLOW_UNIQUE_VIOLATION, Fault.BLANKET_500})
+
+
+async def _holder_on(conn: AsyncConn, chat_id: UUID) -> UUID | None:
+    cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,))
+    row = await cur.fetchone()
+    return None if row is None else row[0]  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def _autocommit(pool: AsyncConnectionPool) -> AsyncIterator[AsyncConn]:
+    """A pooled connection in autocommit for one read-mostly statement: no BEGIN and no
+    COMMIT round trip. Put back as the pool expects it (a broken one is discarded anyway)."""
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.set_autocommit(False)
 
 
 async def fetch_one_dict(conn: AsyncConn, query: str, params: Any = None) -> dict[str, Any] | None:

@@ -3,9 +3,16 @@
 - Heartbeat: one statement renews the lease of every live run of this instance; a row that
   reports ``stop_requested_at`` (the poll fallback of a cross-instance stop) or is no longer
   active stops the local run.
-- Reaper: aborts active runs whose lease expired (their process died).
+- Reaper: aborts active runs whose lease expired (their process died), never one this instance
+  is streaming (after a database outage longer than the lease, the next heartbeat renews it).
 - Listener: ``LISTEN ai_chat_run_stop``; a notification naming a local run stops it at once.
 - Shutdown: aborts this instance's own runs, never another instance's.
+- Parent watch (``REFERENCE_PARENT_PID``): when the process that started this server is gone
+  (a harness killed with SIGKILL runs no cleanup), the server shuts itself down as on SIGTERM.
+
+A run is renewed only while its task lives (it leaves ``runs`` when its task ends, whatever the
+outcome): a run whose task ended without a terminal write (the database gone for longer than the
+retries) stops being renewed, so its lease expires and the reaper ends it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import threading
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
@@ -26,6 +36,8 @@ from reference.settings import Settings
 log = logging.getLogger(__name__)
 
 STOP_CHANNEL = "ai_chat_run_stop"
+PARENT_POLL_S = 0.5  # how often the parent watch looks at getppid()
+PARENT_GONE_EXIT_S = 30.0  # a shutdown that hangs longer than this after the parent died: _exit
 
 
 class Registry:
@@ -100,6 +112,9 @@ class Registry:
             self.settings.reaper_interval_s, self.reap), name="reaper"))
         if self.settings.stop_notify:
             self._loops.append(asyncio.create_task(self._listen(), name="stop-listener"))
+        if self.settings.parent_pid is not None:
+            self._loops.append(asyncio.create_task(self._watch_parent(self.settings.parent_pid),
+                                                   name="parent-watch"))
 
     async def close(self) -> None:
         await self.abort_all("server shutting down")
@@ -115,7 +130,10 @@ class Registry:
             await asyncio.sleep(interval_s)
             try:
                 await duty()
-            except (psycopg.Error, OSError):
+            except (psycopg.OperationalError, OSError) as exc:  # the database unavailable
+                log.error("%s failed (%s); retrying in %.1fs", duty.__name__,
+                          type(exc).__name__, interval_s)
+            except psycopg.Error:
                 log.exception("%s failed; retrying in %.1fs", duty.__name__, interval_s)
 
     async def heartbeat(self) -> None:
@@ -132,7 +150,7 @@ class Registry:
                 run.request_stop("stopped by user")
 
     async def reap(self) -> None:
-        reaped = await self.gate.reap_expired()
+        reaped = await self.gate.reap_expired(list(self.runs))
         if reaped:
             self.metrics.runs_reaped += len(reaped)
             log.warning("reaped %d run(s) whose lease expired: %s", len(reaped),
@@ -150,7 +168,20 @@ class Registry:
                             self.on_stop_notice(UUID(notice.payload))
                         except ValueError:
                             log.warning("ignored a malformed stop notice")
-            except (psycopg.Error, OSError):
+            except (psycopg.Error, OSError) as exc:
                 self.listening.clear()
-                log.exception("stop listener lost its connection; reconnecting")
+                log.error("stop listener lost its connection (%s); reconnecting",
+                          type(exc).__name__)
                 await asyncio.sleep(1.0)
+
+    async def _watch_parent(self, parent_pid: int) -> None:
+        """Shut down once this process's parent is no longer ``parent_pid`` (it died: we were
+        re-parented). getppid() is exact, with no pid-reuse hazard; polling it is the only
+        portable way to learn of a parent's death without PR_SET_PDEATHSIG."""
+        while os.getppid() == parent_pid:  # noqa: ASYNC110 - another process's liveness
+            await asyncio.sleep(PARENT_POLL_S)
+        log.error("the parent process %d is gone; shutting down", parent_pid)
+        timer = threading.Timer(PARENT_GONE_EXIT_S, os._exit, (1,))
+        timer.daemon = True  # the last resort if the graceful shutdown hangs
+        timer.start()
+        os.kill(os.getpid(), signal.SIGTERM)  # the server's own graceful shutdown

@@ -6,6 +6,13 @@ response only reads its frames. So a client disconnect can leave the run going
 
 Order at the end: the terminal write first, then the terminal frame and ``[DONE]``, so a client
 that has seen the end of the stream can start the next turn at once.
+
+When the terminal write fails because the database is unavailable (stopped, its backends
+terminated), the stream still ends at once, with the status the run will be recorded with: an
+answer that could not be saved becomes ``failed`` (an ``error`` frame, never a ``finish`` the
+database cannot back), a stop stays ``aborted``. The run's task then retries the write with
+backoff (``SETTLE_RETRY_S``) while the instance lives; the heartbeat keeps its lease meanwhile.
+Should the retries run out, the task ends, the lease is no longer renewed and the reaper ends it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
@@ -28,6 +36,8 @@ from reference.provider import ProviderClient, ProviderStream
 log = logging.getLogger(__name__)
 
 _FRAME_END = None  # queue sentinel: the stream is over
+UNSAVED_ERROR = "The answer could not be saved: the database is unavailable."
+_MESSAGE_STATUS = {"succeeded": "completed", "failed": "error", "aborted": "aborted"}
 
 
 @dataclass(eq=False)
@@ -62,8 +72,9 @@ class LiveRun:
         self.attached = False
 
     def request_stop(self, reason: str) -> bool:
-        """Ask the run to stop; True for the first request only."""
-        if self.stop_event.is_set() or self.settled.is_set():
+        """Ask the run to stop; True for the first request only. A run whose outcome is decided
+        (settled, or its stream ended while its terminal write is being retried) cannot be."""
+        if self.stop_event.is_set() or self.settled.is_set() or self.done.is_set():
             return False
         self.stop_reason = reason
         self.stop_event.set()
@@ -72,17 +83,21 @@ class LiveRun:
 
 class RunDriver:
     def __init__(self, gate: Gate, provider: ProviderClient, metrics: Metrics,
-                 faults: frozenset[Fault]) -> None:
+                 faults: frozenset[Fault], *, settle_retry_s: float = 120.0,
+                 settle_retry_max_delay_s: float = 1.0) -> None:
         self.gate = gate
         self.provider = provider
         self.metrics = metrics
         self.faults = faults
+        self.settle_retry_s = settle_retry_s
+        self.settle_retry_max_delay_s = settle_retry_max_delay_s
 
     async def drive(self, run: LiveRun) -> None:
         content: list[str] = []
         text_started = False
         status, error = "succeeded", None
         stream = run.provider_stream
+        unsaved = False
 
         async def relay() -> None:
             nonlocal stream, text_started
@@ -126,11 +141,18 @@ class RunDriver:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(stream.aclose())
             if not run.settled.is_set():
-                await asyncio.shield(self._settle(run, status, error, content))
+                unsaved = not await asyncio.shield(self._settle(run, status, error, content))
+                if unsaved and status == "succeeded":
+                    status, error = "failed", UNSAVED_ERROR
+                run.outcome = status
             self._finish_frames(run, status, error, text_started)
+        if unsaved:  # not after a cancellation (shutdown): the lease covers that case
+            await self._settle_later(run, status, error, content)
 
     async def _settle(self, run: LiveRun, status: str, error: str | None,
-                      content: list[str]) -> None:
+                      content: list[str]) -> bool:
+        """The terminal write. False when the database is unavailable (nothing written, the
+        caller retries); True otherwise, ``run.settled`` then set."""
         ended = False
         try:
             if run.claim is None:
@@ -139,18 +161,49 @@ class RunDriver:
                 # FAULT: leak-on-provider-error — the failure path forgets the terminal write.
                 log.warning("run %s failed; terminal write skipped (fault)", run.run_id)
             else:
-                message_status = {"succeeded": "completed", "failed": "error",
-                                  "aborted": "aborted"}[status]
-                ended = await self.gate.settle(
-                    run.claim, status=status, error=error, content="".join(content),
-                    message_id=run.message_id, message_status=message_status,
-                    step_count=1 if status == "succeeded" else 0,
-                    stop_requested=status == "aborted")
-        except (psycopg.Error, OSError):
-            # The lease will expire and the reaper (or the next begin) reclaims the run.
+                ended = await self.gate.settle(run.claim, **self._terminal(run, status, error,
+                                                                           content))
+        except (psycopg.OperationalError, OSError) as exc:
+            if run.claim is not None:
+                log.error("terminal write of run %s failed (%s): the database is unavailable; "
+                          "retrying", run.run_id, type(exc).__name__)
+                return False
+            log.exception("terminal write of an untracked run failed")
+        except psycopg.Error:
+            # Not unavailability: retrying would not help. The lease expires and the reaper (or
+            # the next begin) reclaims the run.
             log.exception("terminal write of run %s failed", run.run_id)
         finally:
             await self.gate.release_claim(run.claim)
+        self._settled(run, status, ended)
+        return True
+
+    async def _settle_later(self, run: LiveRun, status: str, error: str | None,
+                            content: list[str]) -> None:
+        """Retry the terminal write after the database failed it, while the instance lives."""
+        assert run.claim is not None
+        ended = await self.gate.settle_retrying(
+            run.claim, give_up_after_s=self.settle_retry_s,
+            max_delay_s=self.settle_retry_max_delay_s,
+            **self._terminal(run, status, error, content))
+        if ended is None:
+            log.error("run %s: no terminal write within %.0fs; its lease will end it",
+                      run.run_id, self.settle_retry_s)
+            ended = False
+        else:
+            log.warning("run %s: terminal write (%s) done after the database came back",
+                        run.run_id, status)
+        self._settled(run, status, ended)
+
+    @staticmethod
+    def _terminal(run: LiveRun, status: str, error: str | None,
+                  content: list[str]) -> dict[str, Any]:
+        return {"status": status, "error": error, "content": "".join(content),
+                "message_id": run.message_id, "message_status": _MESSAGE_STATUS[status],
+                "step_count": 1 if status == "succeeded" else 0,
+                "stop_requested": status == "aborted"}
+
+    def _settled(self, run: LiveRun, status: str, ended: bool) -> None:
         if ended:
             self.metrics.runs_ended[status] += 1
         run.ended_by_us = ended
@@ -160,11 +213,10 @@ class RunDriver:
     async def _settle_untracked(self, run: LiveRun, status: str, content: list[str]) -> None:
         if run.message_id is None:
             return
-        message_status = {"succeeded": "completed", "failed": "error", "aborted": "aborted"}
         async with self.gate.connection(None) as conn:
             await conn.execute(
                 "UPDATE ai_chat_messages SET content = %s, status = %s, updated_at = now() "
-                "WHERE id = %s", ("".join(content), message_status[status], run.message_id))
+                "WHERE id = %s", ("".join(content), _MESSAGE_STATUS[status], run.message_id))
 
     def _finish_frames(self, run: LiveRun, status: str, error: str | None,
                        text_started: bool) -> None:
@@ -188,5 +240,8 @@ def _relay_outcome(task: asyncio.Task[None]) -> tuple[str, str | None]:
         return "succeeded", None
     if isinstance(exc, ProviderError):
         return "failed", str(exc)
+    if isinstance(exc, psycopg.OperationalError):  # the history could not be read
+        log.error("run relay: the database is unavailable (%s)", type(exc).__name__)
+        return "failed", "The database is unavailable."
     log.error("run relay crashed", exc_info=exc)
     return "failed", "internal error"

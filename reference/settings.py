@@ -46,6 +46,17 @@ class Settings:
     pool_min_size: int = 4
     pool_max_size: int = 40
     pool_timeout_s: float = 5.0
+    # A pool connection that cannot be re-made for this long is given up (the pool grows anew on
+    # demand), so after a long outage the pool reconnects at once instead of after psycopg_pool's
+    # exponential backoff (which grows with the outage's length).
+    pool_reconnect_timeout_s: float = 10.0
+    # After a failed terminal write (the database gone), the run retries it with backoff for
+    # this long; then the lease (no longer renewed) and the reaper end the run.
+    settle_retry_s: float = 120.0
+    # The pid of the process that started this server (REFERENCE_PARENT_PID): when this
+    # server's parent is no longer that process, it shuts down (a harness killed with SIGKILL
+    # leaves no server behind).
+    parent_pid: int | None = None
     apply_schema: bool = True
 
     def __post_init__(self) -> None:
@@ -53,7 +64,8 @@ class Settings:
             raise SettingsError("DATABASE_URL: required (a libpq DSN), got an empty value")
         for name in ("provider_connect_timeout_s", "provider_read_timeout_s",
                      "heartbeat_interval_s", "lease_s", "reaper_interval_s",
-                     "sse_ping_interval_s", "stop_wait_s", "pool_timeout_s"):
+                     "sse_ping_interval_s", "stop_wait_s", "pool_timeout_s",
+                     "pool_reconnect_timeout_s", "settle_retry_s"):
             value = getattr(self, name)
             if not value > 0:
                 raise SettingsError(f"{name.upper()}: must be > 0, got {value!r}")
@@ -67,6 +79,8 @@ class Settings:
                 f"POOL_MIN_SIZE/POOL_MAX_SIZE: need 1 <= min <= max, "
                 f"got {self.pool_min_size!r}/{self.pool_max_size!r}"
             )
+        if self.parent_pid is not None and not self.parent_pid > 0:
+            raise SettingsError(f"REFERENCE_PARENT_PID: must be a pid > 0, got {self.parent_pid!r}")
         if not self.max_body_bytes > 0:
             raise SettingsError(f"MAX_BODY_BYTES: must be > 0, got {self.max_body_bytes!r}")
         if not self.provider_base_url.startswith(("http://", "https://")):
@@ -86,6 +100,11 @@ class Settings:
                 raw = env.get("DATABASE_URL")
             elif f.name == "faults":
                 raw = env.get("REFERENCE_FAULTS")
+            elif f.name == "parent_pid":
+                raw = env.get("REFERENCE_PARENT_PID") or None
+                if raw is not None:
+                    values[f.name] = _convert(f.name, "REFERENCE_PARENT_PID", raw, "int")
+                continue
             else:
                 raw = env.get(var)
             if raw is None:

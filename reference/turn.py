@@ -15,7 +15,7 @@ import psycopg
 from reference import frames, store
 from reference.errors import ProviderError, RunAlreadyActiveError, RunBeginFailedError
 from reference.faults import Fault
-from reference.gate import Claim
+from reference.gate import Admission, Claim
 from reference.provider import ProviderStream
 from reference.runner import LiveRun
 from reference.runtime import Runtime
@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 async def start_turn(rt: Runtime, user_id: UUID, turn: TurnInput) -> LiveRun:
     faults = rt.settings.faults
     chat_id = turn.chat_id
+    admission: Admission | None = None
     try:
         if chat_id is not None:
-            async with rt.pool.connection() as conn:
-                if await store.chat_owner(conn, chat_id) != user_id:
-                    raise forbidden()
+            # Ownership and the pre-check in one round trip; 403 is decided before 409.
+            admission = await rt.gate.admit(chat_id, user_id)
+            if admission.owner != user_id:
+                raise forbidden()
     except psycopg.Error as exc:
         log.error("stream: chat lookup failed: %s", type(exc).__name__)
         rt.metrics.begin_failures += 1
@@ -43,7 +45,8 @@ async def start_turn(rt: Runtime, user_id: UUID, turn: TurnInput) -> LiveRun:
     try:
         if chat_id is not None and Fault.PERSIST_BEFORE_GATE in faults:
             early_message_id = await _persist_user_message(rt, chat_id, user_id, turn.user_text)
-        chat_id, claim, provider_stream, early = await _begin(rt, chat_id, user_id, turn, faults)
+        chat_id, claim, provider_stream, early = await _begin(rt, chat_id, user_id, turn, faults,
+                                                              admission)
         early_message_id = early_message_id or early
         message_id = await _persist_turn(rt, claim, chat_id, user_id, turn.user_text,
                                          early_message_id)
@@ -62,18 +65,16 @@ async def start_turn(rt: Runtime, user_id: UUID, turn: TurnInput) -> LiveRun:
 
 
 async def _begin(rt: Runtime, chat_id: UUID | None, user_id: UUID, turn: TurnInput,
-                 faults: frozenset[Fault]
+                 faults: frozenset[Fault], admission: Admission | None,
                  ) -> tuple[UUID, Claim | None, ProviderStream | None, UUID | None]:
-    """Pre-check, new chat, gate. Returns (chat id, claim or None if untracked, stream, msg)."""
+    """Pre-check verdict, new chat, gate. Returns (chat id, claim or None if untracked,
+    stream, msg)."""
     provider_stream: ProviderStream | None = None
     early_message_id: UUID | None = None
     try:
-        try:
-            if chat_id is not None:
-                await rt.gate.precheck(chat_id)
-        except RunAlreadyActiveError as exc:
+        if chat_id is not None and admission is not None and admission.active_id is not None:
             rt.metrics.conflicts["precheck"] += 1
-            raise conflict(exc) from exc
+            raise conflict(RunAlreadyActiveError(chat_id, admission.active_id, "precheck"))
         if Fault.PROVIDER_BEFORE_GATE in faults:
             provider_stream = await _open_provider_early(rt, chat_id, turn.user_text)
         if chat_id is None:
