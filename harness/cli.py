@@ -139,8 +139,12 @@ def _add_target_options(p: argparse.ArgumentParser, *, n_default: int | None,
                                                 else " (default: each scenario's own)"))
     p.add_argument("--seed", type=int, help="seed of the first trial (default: random, "
                    "printed in the reproduce line)")
-    p.add_argument("--sync", choices=("last-byte", "naive"), default="last-byte",
-                   help="release method (default last-byte; naive is a baseline)")
+    p.add_argument("--sync", choices=("last-byte", "naive", "h2-single-packet"),
+                   default="last-byte",
+                   help="release method: last-byte (HTTP/1.1, default), h2-single-packet "
+                        "(HTTP/2, every final frame in one write per connection; the embedded "
+                        "reference is then served by hypercorn; falls back to last-byte, "
+                        "saying so, when the target does not speak HTTP/2), naive (baseline)")
     p.add_argument("--report", metavar="DIR", help="write history.jsonl, report.json, "
                    "junit.xml, summary.md and report.html here")
     p.add_argument("--json", action="store_true", help="print report.json to stdout")

@@ -34,7 +34,7 @@ from harness.target import Target
 
 log = logging.getLogger(__name__)
 
-SYNC_MODES = ("last-byte", "naive")
+SYNC_MODES = ("last-byte", "naive", "h2-single-packet")
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,17 @@ class TrialContext:
     def nonce(self, role: str) -> str:
         return f"{self.seed:x}-{self.trial_no}-{role}"
 
-    def racer(self, text: str, chat_id: str | None, instance: int = 0) -> Racer:
+    def turn_request(self, text: str, chat_id: str | None, instance: int = 0
+                     ) -> tuple[str, str, list[tuple[str, str]], bytes]:
+        """(method, path, headers, body) of a stream request to instance ``instance``."""
         t = self.targets[instance]
-        return Racer(t.endpoint(), "POST", t.prefix + t.profile.paths.stream,
-                     [("content-type", "application/json"), ("accept", "text/event-stream"),
-                      *t.auth_headers()], turn_body(text, chat_id))
+        return ("POST", t.prefix + t.profile.paths.stream,
+                [("content-type", "application/json"), ("accept", "text/event-stream"),
+                 *t.auth_headers()], turn_body(text, chat_id))
+
+    def racer(self, text: str, chat_id: str | None, instance: int = 0) -> Racer:
+        return Racer(self.targets[instance].endpoint(),
+                     *self.turn_request(text, chat_id, instance))
 
 
 async def whole_turn(ctx: TrialContext, rec: Recorder, process: int, role: str,

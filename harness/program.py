@@ -10,6 +10,7 @@ before its first trial (see ``suite.py``).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,11 +27,16 @@ from harness.engine import (
     whole_turn,
 )
 from harness.fire import Racer, release_last_bytes
+from harness.fire_h2 import H2Burst, Http2Unavailable, open_h2_burst
 from harness.history import DbSnapshot, OpType, Trial
 from harness.scenario import Scenario, Step
 
 P_HOLDER, P_SETUP, P_RELEASED, P_STOP, P_OBSERVE, P_CLEANUP, P_PROBE = (
     10_000, 10_001, 10_002, 10_003, 10_004, 10_005, 10_100)
+P_DATABASE = 10_006
+H2_SYNC = "h2-single-packet"
+
+log = logging.getLogger(__name__)
 
 
 class StepNotAvailable(Exception):
@@ -51,6 +57,8 @@ class TrialState:
     previous_run_id: str | None = None
     holder_recorded: bool = False
     snapshots: list[DbSnapshot] = field(default_factory=list)
+    h2: list[H2Burst] = field(default_factory=list)  # the burst's HTTP/2 connections
+    database_down: bool = False  # the service's database was taken away and not yet given back
 
     def winner_run_id(self) -> str | None:
         if self.winner is None:
@@ -161,25 +169,31 @@ class Program:
         sync = step.arg("sync", cfg.sync)
         release = step.arg("release", "together")
         distinct = step.arg("chats", "same") == "distinct"
-        if distinct and len(st.chats) < n:
-            raise StepNotAvailable(f"burst: chats='distinct' needs {n} chats from new-chats")
+        per_chat = max(1, step.arg("per-chat", 1))  # racers on each distinct chat
+        if distinct and len(st.chats) * per_chat < n:
+            raise StepNotAvailable(f"burst: chats='distinct' needs {-(-n // per_chat)} chats "
+                                   f"from new-chats")
         st.nonces = [ctx.nonce(f"r{i}") for i in range(n)]
         self._provider_modes({nonce: step.arg("provider", "hold") for nonce in st.nonces})
-        st.racers = [ctx.racer(race_text(st.nonces[i], "racer"),
-                               st.chats[i] if distinct else st.chat_id,
+        racer_chats = [st.chats[i // per_chat] if distinct else st.chat_id for i in range(n)]
+        st.racers = [ctx.racer(race_text(st.nonces[i], "racer"), racer_chats[i],
                                instance=i % len(ctx.targets)) for i in range(n)]
         self.meta.update(n=n, sync=sync, release=release)
-        async with trio.open_nursery() as nursery:
-            for i, racer in enumerate(st.racers):
-                nursery.start_soon(self._prepare, i, racer,
-                                   sync == "last-byte" and release != "after-first-start")
+        st.h2 = []
+        if sync == H2_SYNC and not await self._open_h2(racer_chats):
+            sync = "last-byte"  # the target does not speak HTTP/2: said in the log and meta
+        if not st.h2:
+            async with trio.open_nursery() as nursery:
+                for i, racer in enumerate(st.racers):
+                    nursery.start_soon(self._prepare, i, racer,
+                                       sync == "last-byte" and release != "after-first-start")
         live = [i for i in range(n) if i not in st.failed]
         release_ns = await self._release(sync, release, live)
         self.meta["release_ns"] = release_ns
         sent = [ns for i in live if (ns := st.racers[i].sent_ns) is not None]
         self.meta["send_spread_ns"] = (max(sent) - min(sent)) if sent else None
         for i in range(n):
-            chat = st.chats[i] if distinct else st.chat_id
+            chat = racer_chats[i]
             if i in st.failed:
                 self.rec.add("invoke", "turn", i, st.nonces[i],
                              {"role": "racer", "chat_id": chat}, time_ns=release_ns)
@@ -208,11 +222,79 @@ class Program:
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self.state.failed[i] = f"{type(exc).__name__}: {exc}"
 
+    async def _open_h2(self, racer_chats: list[str | None]) -> bool:
+        """Replace the racers by HTTP/2 streams, one burst per instance, every request but its
+        final byte sent. False (nothing left open) when the target does not speak HTTP/2."""
+        ctx, st = self.ctx, self.state
+        by_instance: dict[int, list[int]] = {}
+        for i in range(len(st.racers)):
+            by_instance.setdefault(i % len(ctx.targets), []).append(i)
+        racers: list[Any] = list(st.racers)
+        for k, indices in by_instance.items():
+            requests = [ctx.turn_request(race_text(st.nonces[i], "racer"), racer_chats[i], k)
+                        for i in indices]
+            try:
+                burst = await open_h2_burst(ctx.targets[k].endpoint(), requests,
+                                            nursery=st.readers,
+                                            connect_timeout_s=ctx.config.connect_timeout_s)
+            except Http2Unavailable as exc:
+                note = f"HTTP/2 unavailable ({exc.why}): fell back to --sync last-byte"
+                log.warning("%s for this burst", note)
+                self.meta["h2_note"] = note
+                self.meta["sync_used"] = "last-byte"
+                for opened in st.h2:
+                    await opened.aclose()
+                st.h2 = []
+                return False
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                for i in indices:
+                    st.failed[i] = f"{type(exc).__name__}: {exc}"
+                continue
+            st.h2.append(burst)
+            for i, stream in zip(indices, burst.racers, strict=True):
+                racers[i] = stream
+            if burst.note:
+                log.info("h2-single-packet: %s", burst.note)
+                self.meta["h2_note"] = burst.note
+        st.racers = racers
+        self.meta["sync_used"] = H2_SYNC
+        return True
+
+    async def _release_h2(self, release: str, racers: list[Any]) -> int:
+        st = self.state
+        if release == "after-first-start":
+            first = racers[0]
+            burst = next(b for b in st.h2 if first in b.racers)
+            release_ns, _ = await burst.release([first])
+            with trio.move_on_after(self.bound_s):
+                await first.answered.wait()
+            for b in st.h2:
+                await b.release()
+            return release_ns
+        await trio.sleep(self.ctx.config.settle_ms / 1000)  # let the server take every prefix
+        if release == "when-holder-stopped":
+            await self._stop_holder_for_release()
+        release_ns = time.monotonic_ns()
+        for b in st.h2:
+            await b.release()
+        self.meta["h2_packets"] = sum(b.packets or 0 for b in st.h2)
+        return release_ns
+
+    async def _stop_holder_for_release(self) -> None:
+        holder = self.state.holder
+        run_id = None if holder is None or holder.response.stream is None else (
+            holder.response.stream.run_id)
+        if run_id is None:
+            raise StepNotAvailable("burst: release='when-holder-stopped' needs hold-turn")
+        await self._stop(run_id, "holder")
+
     async def _release(self, sync: str, release: str, live: list[int]) -> int:
         st = self.state
         racers = [st.racers[i] for i in live]
         for racer in racers:
             st.readers.start_soon(racer.read_response)
+        if st.h2:
+            return await self._release_h2(release, racers)
         if release == "after-first-start":
             release_ns = time.monotonic_ns()
             await _send_whole(racers[0])
@@ -230,12 +312,7 @@ class Program:
             return release_ns
         await trio.sleep(self.ctx.config.settle_ms / 1000)  # let the server take every prefix
         if release == "when-holder-stopped":
-            holder = st.holder
-            run_id = None if holder is None or holder.response.stream is None else (
-                holder.response.stream.run_id)
-            if run_id is None:
-                raise StepNotAvailable("burst: release='when-holder-stopped' needs hold-turn")
-            await self._stop(run_id, "holder")
+            await self._stop_holder_for_release()
         release_ns, _ = await release_last_bytes(racers)
         return release_ns
 
@@ -525,6 +602,99 @@ class Program:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(control.reject_run_inserts, False)
 
+    # -- a real database outage: backends terminated, connections refused ------------------
+
+    def _database_control(self, step: str) -> Any:
+        control = self._control(step)
+        if not control.controls_database:
+            raise StepNotAvailable(f"{step}: the service runs on the DSN's own database; the "
+                                   "harness takes away only a database it created")
+        return control
+
+    async def _take_database_down(self, control: Any, at: str, **info: Any) -> None:
+        self.rec.add("invoke", "database", P_DATABASE, None,
+                     {"action": "down", "at": at, "run_id": self.state.winner_run_id(), **info})
+        self.state.database_down = True
+        terminated = await trio.to_thread.run_sync(control.database_down)
+        self.rec.add("ok", "database", P_DATABASE, None,
+                     {"action": "down", "terminated": terminated})
+
+    async def _outage_turns(self, n: int, role: str) -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(whole_turn, self.ctx, self.rec, P_PROBE + i, f"{role}{i}",
+                                   self.state.chat_id, self.bound_s)
+
+    async def step_database_down(self, step: Step) -> None:
+        """Postgres goes away under the service (as when it stops): every backend of its
+        database is terminated and new connections are refused, until database-up."""
+        control = self._database_control("database-down")
+        await self._take_database_down(control, "stream" if self.state.winner_run_id() else "idle")
+
+    async def step_burst_into_outage(self, step: Step) -> None:
+        """N turns at once; the harness holds each inside the gate (its run INSERT queued
+        behind an uncommitted run of the harness's) until all N wait there, then takes the
+        database away under them. Each must get a clean refusal: no stream, no provider call.
+        The database stays down."""
+        control = self._database_control("burst-into-outage")
+        n = step.arg("n", self.ctx.config.n)
+        if self.state.chat_id is None:
+            raise StepNotAvailable("burst-into-outage: no chat yet")
+        await trio.to_thread.run_sync(control.hold_gate, self.state.chat_id)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._outage_turns, n, "outage-gate")
+                waiting = 0
+                with trio.move_on_after(self.bound_s):
+                    while (waiting := await trio.to_thread.run_sync(  # noqa: ASYNC110 - a
+                            control.gate_waiters)) < n:  # database condition: no event to await
+                        await trio.sleep(0.02)
+                await self._take_database_down(control, "gate", waiting=waiting, n=n)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(control.release_gate)
+
+    async def step_burst_during_outage(self, step: Step) -> None:
+        """N turns at once while the database is down (connections refused): each must get a
+        clean refusal, promptly, with no stream and no provider call."""
+        if not self.state.database_down or self.state.chat_id is None:
+            raise StepNotAvailable("burst-during-outage: needs a chat and the database down "
+                                   "(database-down or burst-into-outage first)")
+        await self._outage_turns(step.arg("n", self.ctx.config.n), "outage-down")
+
+    async def step_database_up(self, step: Step) -> None:
+        """Give the database back; then observe the chat until the service answers and no
+        run of it is active (bounded by within_s), and record what was seen last."""
+        control = self._database_control("database-up")
+        self.rec.add("invoke", "database", P_DATABASE, None, {"action": "up"})
+        await trio.to_thread.run_sync(control.database_up)
+        self.state.database_down = False
+        self.rec.add("ok", "database", P_DATABASE, None, {"action": "up"})
+        chat_id = self.state.chat_id
+        if chat_id is None:
+            return
+        within_s = step.arg("within_s", 30)
+        self.rec.add("invoke", "runs", P_OBSERVE, None,
+                     {"chat_id": chat_id, "phase": "recovered", "within_s": within_s})
+        t0 = time.monotonic()
+        status, runs = 0, None
+        with trio.move_on_after(within_s):
+            while True:
+                try:
+                    with trio.fail_after(self.bound_s):
+                        status, runs = await self.ctx.service.runs(chat_id)
+                except Exception:  # noqa: BLE001 - no answer yet: keep polling within the bound
+                    status, runs = 0, None
+                if status == 200 and runs is not None and not any(
+                        r.get("status") in ("pending", "running") for r in runs):
+                    break
+                await trio.sleep(0.05)  # polling the service's own view: no event to wait on
+        self.rec.add("ok" if status else "info", "runs", P_OBSERVE, None, {
+            "phase": "recovered", "status": status, "runs": runs or [],
+            "waited_ms": round((time.monotonic() - t0) * 1000)})
+        if self.ctx.db is not None:
+            self.state.snapshots.append(await self.ctx.db.snapshot(chat_id, "recovered"))
+
 
 async def _send_whole(racer: Racer) -> None:
     try:
@@ -582,6 +752,9 @@ async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
         finally:
             ctx.racers = [*state.racers, *([state.holder] if state.holder else [])]
             with trio.CancelScope(shield=True):
+                if state.database_down:  # a step failed with the database away: give it back
+                    await trio.to_thread.run_sync(ctx.control.database_up)
+                    state.database_down = False
                 await program.step_drain(Step("drain"))
                 await _cleanup(program)
             readers.cancel_scope.cancel()

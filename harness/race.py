@@ -179,7 +179,8 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                               autonomous_runs=scenario.autonomous_runs,
                                               lease_s=scenario.lease_s,
                                               instances=scenario.instances,
-                                              provider_timeout_s=scenario.provider_timeout_s))
+                                              provider_timeout_s=scenario.provider_timeout_s,
+                                              server=_server_for(opts, scenario)))
                         targets, control = service.targets, service
                         dsn: str | None = service.dsn
                     else:
@@ -219,6 +220,13 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
         if writer_file is not None:
             writer_file.close()
     return _outcome(opts, scenarios, base_seed, trials, results, skipped)
+
+
+def _server_for(opts: RaceOptions, scenario: Scenario) -> str:
+    """The embedded reference's HTTP server: hypercorn when a burst speaks HTTP/2 (uvicorn,
+    the default, serves HTTP/1.1 only)."""
+    modes = {opts.config.sync, *(step.arg("sync", None) for step in scenario.steps)}
+    return "hypercorn" if "h2-single-packet" in modes else "uvicorn"
 
 
 def _target_capabilities(opts: RaceOptions) -> frozenset[str]:

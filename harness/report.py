@@ -167,6 +167,10 @@ def verdict_table(report: dict[str, Any]) -> str:
     spread = report["release_spread_ms"]
     if spread["median"] is not None:
         rows.append(f"release spread: median {spread['median']:.3f} ms, max {spread['max']:.3f} ms")
+    arrival = report.get("server_arrival_spread_ms") or {}
+    if arrival.get("median") is not None:
+        rows.append(f"server arrival spread: median {arrival['median']:.3f} ms, "
+                    f"max {arrival['max']:.3f} ms")
     failure = report.get("first_failure")
     if failure:
         for name, p in failure["properties"].items():

@@ -63,7 +63,8 @@ STEPS: dict[str, dict[str, type]] = {
     "new-chat": {},
     "new-chats": {"n": int},
     "hold-turn": {},
-    "burst": {"n": int, "sync": str, "chats": str, "provider": str, "release": str},
+    "burst": {"n": int, "sync": str, "chats": str, "per-chat": int, "provider": str,
+              "release": str},
     "observe": {"phase": str},
     "stop-winner": {"via": str},
     "disconnect-winner": {},
@@ -79,6 +80,10 @@ STEPS: dict[str, dict[str, type]] = {
     "restart-service": {},
     "expire-lease": {},
     "database-outage": {},
+    "database-down": {},
+    "burst-into-outage": {"n": int},
+    "burst-during-outage": {"n": int},
+    "database-up": {"within_s": int},
 }
 
 _TOP: dict[str, type | tuple[type, ...]] = {

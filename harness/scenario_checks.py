@@ -8,14 +8,31 @@ Evidence conventions (recorded by ``program.py``):
   and ``expected_content`` the provider's whole answer when the run must have finished.
 - ``stop`` op with invoke role ``stale``: a stop aimed at the chat's previous, ended run.
 - ``probe`` ops (invoke ``{role: foreign|bad-input, label, expect_status}``; ok ``{status}``).
+- Database outages: ``turn`` ops whose role starts with ``outage`` were sent while the database
+  was failing (``outage{i}``: run inserts rejected; ``outage-gate{i}``: inside the gate when the
+  database went away; ``outage-down{i}``: while it was away). ``database`` ops: invoke
+  ``{action: down|up, at?, run_id?}``, ok ``{action, terminated?}``. ``runs`` op, phase
+  ``recovered`` (``database-up``): invoke ``{chat_id, within_s}``; ok/info ``{status, runs,
+  waited_ms}``, the last answer of a bounded wait for the chat to have no active run; a database
+  snapshot labelled ``recovered`` may follow.
 """
 
 from __future__ import annotations
 
-from harness.checkers import CheckResult, _int, find_winner, run_observations, turns
+from harness.checkers import (
+    TERMINAL_FRAMES,
+    CheckResult,
+    _int,
+    _list,
+    find_winner,
+    run_observations,
+    turns,
+)
 from harness.history import Trial
 
 ACTIVE = ("pending", "running")
+# protocol.md §3/§7: the terminal frame a stream ends with and the status its run is recorded with
+FRAME_STATUS = {"finish": "succeeded", "error": "failed", "abort": "aborted"}
 
 
 def _winner_run_id(trial: Trial) -> str | None:
@@ -168,8 +185,9 @@ def outage_fails_closed(trial: Trial) -> CheckResult:
     outage = [t for t in turns(trial) if str(t.invoke.get("role", "")).startswith("outage")]
     if not outage:
         return CheckResult(prop, "unknown", "no turn was sent during a database failure")
-    bad = [t for t in outage if t.outcome == "ok" and (
-        t.status != 503 or t.code != "A_RUN_BEGIN_FAILED")]
+    # A 200 is a stream without a run even when it never ended (the turn's bound passed).
+    bad = [t for t in outage if t.got_200 or (t.outcome == "ok" and (
+        t.status != 503 or t.code != "A_RUN_BEGIN_FAILED"))]
     if bad:
         return CheckResult(prop, "invalid", f"{len(bad)} of {len(outage)} turns during the "
                            "database failure were not 503 A_RUN_BEGIN_FAILED: "
@@ -190,6 +208,66 @@ def outage_fails_closed(trial: Trial) -> CheckResult:
                            "nothing proves no provider call")
     return CheckResult(prop, "valid", f"all {len(outage)} turns got 503 A_RUN_BEGIN_FAILED, "
                        "no provider call", tuple(t.index for t in outage))
+
+
+def outage_runs_settle(trial: Trial) -> CheckResult:
+    prop = "outage/runs-settle"
+    changes = trial.completions("database")
+    downs = [inv for inv, _ in changes if inv.get("action") == "down"]
+    ups = [comp for inv, comp in changes if inv.get("action") == "up"
+           and comp is not None and comp.type == "ok"]
+    if not downs:
+        return CheckResult(prop, "unknown", "the database was never taken away")
+    if not ups:
+        return CheckResult(prop, "unknown", "the database was never given back")
+    seen = [(inv, comp) for inv, comp in trial.completions("runs")
+            if inv.get("phase") == "recovered"]
+    if not seen:
+        return CheckResult(prop, "unknown", "the chat was not observed after the database "
+                           "came back")
+    inv, comp = seen[-1]
+    if comp is None or comp.type != "ok":
+        return CheckResult(prop, "unknown", "the service gave no answer at all after the "
+                           "database came back", ((comp or inv).index,))
+    status = _int(comp.get("status"), f"op {comp.index}: status")
+    if status != 200:
+        return CheckResult(prop, "invalid", f"{inv.get('within_s')} s after the database came "
+                           f"back the service still answered {status}: it did not recover",
+                           (comp.index,))
+    statuses: dict[str, str | None] = {}
+    for row in _list(comp.get("runs"), f"op {comp.index}: runs"):
+        if not isinstance(row, dict):
+            raise TypeError(f"op {comp.index}: runs[]={row!r} is not an object")
+        statuses[str(row.get("id"))] = row.get("status")
+    problems = [f"run {rid} still {st} after the database came back"
+                for rid, st in statuses.items() if st in ACTIVE]
+    ops = {comp.index} if problems else set()
+    snap = trial.db_snapshot("recovered")
+    if snap is not None:
+        problems += [f"db: run {r.id} still {r.status}" for r in snap.runs if r.status in ACTIVE
+                     and r.id not in statuses]
+    winner = find_winner(turns(trial, "racer"))
+    in_flight = ""
+    if winner is not None and winner.run_id is not None:  # the run streaming when it went
+        final = statuses.get(winner.run_id)
+        frame = winner.terminal
+        done = winner.completion is not None and winner.completion.get("done") is True
+        if frame not in TERMINAL_FRAMES or not done:
+            problems.append(f"the in-flight stream (op {winner.index}) did not end cleanly "
+                            f"during the outage: terminal frame {frame!r}, [DONE] {done}")
+            ops.add(winner.index)
+        elif final is None:
+            problems.append(f"the in-flight run {winner.run_id} is not among the chat's runs")
+            ops.add(comp.index)
+        elif final not in ACTIVE and FRAME_STATUS[frame] != final:
+            problems.append(f"the in-flight stream (op {winner.index}) ended {frame!r} but its "
+                            f"run {winner.run_id} was recorded {final!r}")
+            ops |= {winner.index, comp.index}
+        in_flight = f"; the in-flight run {winner.run_id} ended {final} (stream: {frame})"
+    if problems:
+        return CheckResult(prop, "invalid", "; ".join(problems[:5]), tuple(sorted(ops)))
+    return CheckResult(prop, "valid", f"{comp.get('waited_ms')} ms after the database came back "
+                       f"no run of the chat was active{in_flight}", (comp.index,))
 
 
 def lease_reclaims(trial: Trial) -> CheckResult:
@@ -280,6 +358,7 @@ def storm_runs_end(trial: Trial) -> CheckResult:
 SCENARIO_CHECKERS = {
     "storm/runs-end": storm_runs_end,
     "outage/fails-closed": outage_fails_closed,
+    "outage/runs-settle": outage_runs_settle,
     "recovery/lease-reclaims": lease_reclaims,
     "run/expected-end": run_expected_end,
     "stop/stale-ignored": stale_stop_ignored,

@@ -75,3 +75,20 @@ def test_race_prints_a_verdict_table_naming_the_failed_property(
     assert "race/losers-409                  invalid" in out
     assert "FAILED race/losers-409 (trial 0, seed 3)" in out
     assert out.rstrip().endswith("reproduce: harness race --n 20 --seed 3 --fault blanket-500")
+
+
+def test_h2_single_packet_race_against_the_embedded_reference_is_valid(
+        embedded_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--sync h2-single-packet: the embedded reference is served by hypercorn, every final
+    DATA frame leaves in one write, and the race is judged like any other."""
+    code, report = run_cli(capsys, "race", "--n", "20", "--seed", "4", "--sync",
+                           "h2-single-packet", "--report", str(tmp_path), "--json")
+    trial = report["trials"][0]
+    assert (code, report["verdict"]) == (0, "valid"), report.get("first_failure")
+    assert trial["statuses"] == {"200": 1, "409": 19} and trial["sync"] == "h2-single-packet"
+    assert trial["release_spread_ms"] == 0.0  # one write: one send time for every stream
+    assert trial["server_arrival_spread_ms"] is not None
+    assert report["reproduce"] == "harness race --n 20 --seed 4 --sync h2-single-packet"
+    meta = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()
+            if '"kind":"trial"' in line][-1]
+    assert meta["sync_used"] == "h2-single-packet" and meta["h2_packets"] == 1

@@ -92,6 +92,26 @@ def test_race_against_an_https_deployment_with_full_evidence_is_valid(
     assert report["config"]["db_access"] is True
 
 
+def test_h2_single_packet_falls_back_to_last_byte_on_an_http1_deployment(
+        deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The deployment speaks HTTP/1.1 only (ALPN offers no h2): the burst falls back to
+    last-byte, says so in the log and in the history, and the race is still judged."""
+    report_dir = tmp_path / "report"
+    code = main(["race", "--n", "10", "--sync", "h2-single-packet", "--target", deployment.url,
+                 "--token", deployment.token, "--insecure", "--provider-listen",
+                 f"127.0.0.1:{deployment.provider_port}", "--dsn", deployment.dsn,
+                 "--report", str(report_dir)])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "HTTP/2 unavailable (the TLS server at" in caplog.text
+    assert "fell back to --sync last-byte for this burst" in caplog.text
+    meta = [json.loads(line) for line in (report_dir / "history.jsonl").read_text().splitlines()
+            if '"kind":"trial"' in line][-1]
+    assert meta["sync_used"] == "last-byte" and "HTTP/2 unavailable" in meta["h2_note"]
+    assert meta["send_spread_ns"] is not None
+
+
 def test_missing_evidence_is_unknown_never_valid(
         deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
     """No fake provider and no DSN: the race still runs (the deployment's provider is

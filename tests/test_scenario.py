@@ -20,7 +20,10 @@ CONFORMANCE_CATALOGUE = [  # conformance.md §3, in its order
     "same-chat-burst", "double-submit", "sequential-double-submit", "distinct-chats",
     "burst-waves", "stop-then-burst", "stale-stop", "disconnect-abort", "disconnect-continue",
     "provider-error", "provider-slow-first-token", "foreign-user", "bad-input",
-    "crash-recovery", "db-outage", "multi-instance",
+    "crash-recovery", "db-outage",
+    # §3.14 with a real outage: the database taken away in the gate, while streaming
+    "db-outage-mid-race", "db-outage-mid-stream",
+    "multi-instance",
     # beyond §3: the provider faults of the reliability issue
     "provider-500-before-first-token", "provider-connection-drop", "provider-stall",
     "disconnect-storm-abort", "disconnect-storm-continue",
@@ -51,7 +54,8 @@ def test_the_catalogue_is_conformance_section_3_in_order_then_the_provider_fault
 def test_scenarios_needing_control_declare_it() -> None:
     scenarios = catalogue()
     assert "service-control" in scenarios["crash-recovery"].requires
-    assert "db-control" in scenarios["db-outage"].requires
+    for name in ("db-outage", "db-outage-mid-race", "db-outage-mid-stream"):
+        assert "db-control" in scenarios[name].requires
     assert "multi-instance" in scenarios["multi-instance"].requires
     assert scenarios["multi-instance"].instances == 3
 

@@ -2,7 +2,8 @@
 out.
 
 Each trial is written in the exact op shapes ``program.py`` records (``wait-run-end``,
-``stale-stop``, ``foreign-user``, ``bad-inputs``, ``database-outage``, ``restart-service``,
+``stale-stop``, ``foreign-user``, ``bad-inputs``, ``database-outage``, ``burst-into-outage``,
+``burst-during-outage``, ``database-down``, ``database-up``, ``restart-service``,
 ``expire-lease``). Every property has a valid model, invalid twins (one minimal change that breaks
 it) and unknown twins (evidence taken away). Times are written in milliseconds and stored in ns.
 """
@@ -22,6 +23,7 @@ from harness.scenario_checks import SCENARIO_CHECKERS
 
 # program.py's process ids (not imported: it pulls in trio and httpx; only the pairing matters)
 P_SETUP, P_RELEASED, P_STOP, P_OBSERVE, P_PROBE = 10_001, 10_002, 10_003, 10_004, 10_100
+P_DATABASE = 10_006
 MS = 1_000_000
 CHAT = "chat-1"
 FOREIGN_LABELS = ("stream", "stop-run", "stop-chat", "run", "runs")
@@ -232,6 +234,74 @@ def outage() -> Trial:
     h.turn(P_RELEASED, 1400, "released", role="released")                       # 8
     h.stream(P_RELEASED, "released", 1401, 1500, "run-r")                       # 9
     return h.trial(provider=list(OUTAGE_PROVIDER))
+
+
+# -- a real outage: outage/fails-closed and outage/runs-settle ------------------------------------
+
+GATE_REFUSED, DOWN_REFUSED, RACE_RECOVERED = (5, 6), (10, 11), 15
+
+
+def database(h: History, at_ms: float, action: str, **info: Any) -> None:
+    """A ``database`` invoke and its ok (``database-down`` / ``database-up``)."""
+    h.op("invoke", "database", P_DATABASE, at_ms, action=action, **info)
+    h.op("ok", "database", P_DATABASE, at_ms + 10, action=action)
+
+
+def recovered(h: History, at_ms: float, runs: dict[str, str], waited_ms: int = 990) -> int:
+    """``database-up``'s observation of the chat; returns the ok's index."""
+    h.op("invoke", "runs", P_OBSERVE, at_ms, chat_id=CHAT, phase="recovered", within_s=30)
+    return h.op("ok", "runs", P_OBSERVE, at_ms + waited_ms, phase="recovered", status=200,
+                runs=[{"id": k, "status": v} for k, v in runs.items()], waited_ms=waited_ms)
+
+
+def mid_race() -> Trial:
+    """new-chat, burst-into-outage (2 turns in the gate, the database goes), burst-during-outage
+    (2 turns refused connections), database-up, released-turn."""
+    h = History()
+    h.setup()                                                                   # 0, 1
+    for i in range(2):                                                          # 2, 3
+        h.turn(P_PROBE + i, 1000, f"g{i}", role=f"outage-gate{i}")
+    h.op("invoke", "database", P_DATABASE, 1050, action="down", at="gate", run_id=None,
+         waiting=2, n=2)                                                        # 4
+    for i in range(2):                                                          # 5, 6
+        h.refuse(P_PROBE + i, f"g{i}", 1060 + i, 503, "A_RUN_BEGIN_FAILED")
+    h.op("ok", "database", P_DATABASE, 1100, action="down", terminated=3)       # 7
+    for i in range(2):                                                          # 8, 9
+        h.turn(P_PROBE + i, 1200, f"d{i}", role=f"outage-down{i}")
+    for i in range(2):                                                          # 10, 11
+        h.refuse(P_PROBE + i, f"d{i}", 6200 + i, 503, "A_RUN_BEGIN_FAILED")
+    database(h, 6300, "up")                                                     # 12, 13
+    recovered(h, 6310, {"run-s": "succeeded"})                                  # 14, 15
+    h.turn(P_RELEASED, 7400, "released", role="released")                       # 16
+    h.stream(P_RELEASED, "released", 7401, 7500, "run-r")                       # 17
+    return h.trial(provider=list(OUTAGE_PROVIDER))
+
+
+STREAM_RACER, STREAM_RECOVERED = 5, 9
+
+
+def mid_stream() -> Trial:
+    """new-chat, burst (hold), database-down, drain (the answer could not be saved: the stream
+    ends with an error frame), database-up (run-w recorded failed), released-turn."""
+    h = History()
+    h.setup()                                                                   # 0, 1
+    h.turn(0, 1000, "r0")                                                       # 2
+    h.op("invoke", "database", P_DATABASE, 1100, action="down", at="stream",
+         run_id="run-w")                                                        # 3
+    h.op("ok", "database", P_DATABASE, 1150, action="down", terminated=5)       # 4
+    h.stream(0, "r0", 1005, 6200, "run-w", terminal="error")                    # 5
+    database(h, 6300, "up")                                                     # 6, 7
+    recovered(h, 6310, {"run-w": "failed", "run-s": "succeeded"})               # 8, 9
+    h.turn(P_RELEASED, 7400, "released", role="released")                       # 10
+    h.stream(P_RELEASED, "released", 7401, 7500, "run-r")                       # 11
+    return h.trial()
+
+
+def finished_but(status: str) -> Trial:
+    """mid_stream whose stream ended ``finish`` while its run was recorded ``status``."""
+    trial = patch(mid_stream(), STREAM_RACER, terminal="finish",
+                  frames=["start", "text-delta", "finish", "[DONE]"])
+    return patch(trial, STREAM_RECOVERED, runs=[{"id": "run-w", "status": status}])
 
 
 # -- recovery/lease-reclaims (kill-owner, restart-service, expire-lease) -------------------------
@@ -445,6 +515,55 @@ CASES: list[Case] = [
     ("outage/fails-closed", lambda: drop(outage(), 2, 3, 4, *OUTAGE), "unknown", (),
      "no turn was sent during a database failure"),
 
+    ("outage/fails-closed", mid_race, "valid", (*GATE_REFUSED, *DOWN_REFUSED),
+     "all 4 turns got 503 A_RUN_BEGIN_FAILED, no provider call"),
+    ("outage/fails-closed",  # an untracked stream still open when the turn's bound passed
+     lambda: retype(mid_race(), GATE_REFUSED[0], "info", status=200, run_id=None,
+                    headers_ns=ns(6060), error="TooSlowError"),
+     "invalid", (GATE_REFUSED[0],), "1 of 4 turns during the database failure were not 503 "
+     "A_RUN_BEGIN_FAILED: op 5: 200 runId=None"),
+    ("outage/fails-closed", lambda: patch(mid_race(), DOWN_REFUSED[1], status=500, code=None),
+     "invalid", (DOWN_REFUSED[1],), "op 11: 500 runId=None"),
+
+    ("outage/runs-settle", mid_race, "valid", (RACE_RECOVERED,),
+     "990 ms after the database came back no run of the chat was active"),
+    ("outage/runs-settle", mid_stream, "valid", (STREAM_RECOVERED,),
+     "no run of the chat was active; the in-flight run run-w ended failed (stream: error)"),
+    ("outage/runs-settle", lambda: finished_but("succeeded"), "valid", (STREAM_RECOVERED,),
+     "the in-flight run run-w ended succeeded (stream: finish)"),
+    ("outage/runs-settle",
+     lambda: patch(mid_stream(), STREAM_RECOVERED, runs=[{"id": "run-w", "status": "running"}]),
+     "invalid", (STREAM_RECOVERED,), "run run-w still running after the database came back"),
+    ("outage/runs-settle", lambda: finished_but("aborted"), "invalid",
+     (STREAM_RACER, STREAM_RECOVERED), "the in-flight stream (op 5) ended 'finish' but its run "
+     "run-w was recorded 'aborted'"),
+    ("outage/runs-settle",  # the stream hung: no terminal frame when the drain's bound passed
+     lambda: patch(mid_stream(), STREAM_RACER, terminal=None, done=False, end_ns=None,
+                   frames=["start", "text-delta"]),
+     "invalid", (STREAM_RACER,), "the in-flight stream (op 5) did not end cleanly during the "
+     "outage: terminal frame None, [DONE] False"),
+    ("outage/runs-settle",
+     lambda: patch(mid_stream(), STREAM_RECOVERED, runs=[{"id": "run-s", "status": "succeeded"}]),
+     "invalid", (STREAM_RECOVERED,), "the in-flight run run-w is not among the chat's runs"),
+    ("outage/runs-settle", lambda: patch(mid_race(), RACE_RECOVERED, status=503, runs=[]),
+     "invalid", (RACE_RECOVERED,), "30 s after the database came back the service still "
+     "answered 503: it did not recover"),
+    ("outage/runs-settle",
+     lambda: with_db(mid_race(), [DbSnapshot("recovered", ns(7300),
+                                             runs=(RunRow("run-x", CHAT, "running"),))]),
+     "invalid", (), "db: run run-x still running"),
+    ("outage/runs-settle",
+     lambda: retype(mid_stream(), STREAM_RECOVERED, "info", phase="recovered", status=0,
+                    runs=[]),
+     "unknown", (STREAM_RECOVERED,), "the service gave no answer at all after the database "
+     "came back"),
+    ("outage/runs-settle", lambda: drop(mid_stream(), 8, STREAM_RECOVERED), "unknown", (),
+     "the chat was not observed after the database came back"),
+    ("outage/runs-settle", lambda: drop(mid_stream(), 6, 7), "unknown", (),
+     "the database was never given back"),
+    ("outage/runs-settle", lambda: drop(mid_stream(), 3, 4, 6, 7), "unknown", (),
+     "the database was never taken away"),
+
     ("recovery/lease-reclaims", crash_recovery, "valid", (RECLAIMED,),
      "blocked within the lease, then run-w aborted ('lease expired')"),
     ("recovery/lease-reclaims",
@@ -497,8 +616,8 @@ def test_every_scenario_property_has_a_valid_an_invalid_and_an_unknown_case() ->
 def test_the_scenario_properties_are_registered_by_name() -> None:
     assert set(SCENARIO_CHECKERS) == {
         "run/expected-end", "stop/stale-ignored", "auth/foreign-denied",
-        "input/rejected-cleanly", "outage/fails-closed", "recovery/lease-reclaims",
-        "storm/runs-end"}
+        "input/rejected-cleanly", "outage/fails-closed", "outage/runs-settle",
+        "recovery/lease-reclaims", "storm/runs-end"}
     assert all(CHECKERS[name] is checker for name, checker in SCENARIO_CHECKERS.items())
 
 
@@ -519,6 +638,10 @@ def test_the_models_op_layout() -> None:
     assert [trial_op[2] for trial_op in shape(bad_inputs(), *(i - 1 for i in BAD))] == [
         label for label, _ in BAD_INPUTS]
     assert shape(outage(), *OUTAGE) == [("ok", "turn", None)] * 3
+    assert shape(mid_race(), *GATE_REFUSED, *DOWN_REFUSED, RACE_RECOVERED) == [
+        *[("ok", "turn", None)] * 4, ("ok", "runs", "recovered")]
+    assert shape(mid_stream(), 3, STREAM_RACER, STREAM_RECOVERED) == [
+        ("invoke", "database", None), ("ok", "turn", None), ("ok", "runs", "recovered")]
     assert shape(crash_recovery(), BLOCKED_INVOKE, RECLAIMED, LEASE_RACER) == [
         ("invoke", "turn", "blocked"), ("ok", "run", "reclaimed"), ("ok", "turn", None)]
 
@@ -540,6 +663,10 @@ GARBAGE: list[tuple[str, Callable[[], Trial], str]] = [
      "op 11: status='abc' is not an int"),
     ("outage/fails-closed", lambda: patch(outage(), OUTAGE[1], status="abc"),
      "op 6: status='abc' is not an int"),
+    ("outage/runs-settle", lambda: patch(mid_stream(), STREAM_RECOVERED, status="abc"),
+     "op 9: status='abc' is not an int"),
+    ("outage/runs-settle", lambda: patch(mid_stream(), STREAM_RECOVERED, runs="nope"),
+     "op 9: runs='nope' is not a list"),
     ("recovery/lease-reclaims", lambda: patch(crash_recovery(), BLOCKED, status="abc"),
      "op 6: status='abc' is not an int"),
     ("recovery/lease-reclaims", lambda: patch(crash_recovery(), RECLAIMED, status="abc"),

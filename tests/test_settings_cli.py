@@ -52,6 +52,9 @@ EVERY_VARIABLE = {
     "POOL_MIN_SIZE": "3",
     "POOL_MAX_SIZE": "9",
     "POOL_TIMEOUT_S": "2.5",
+    "POOL_RECONNECT_TIMEOUT_S": "6",
+    "SETTLE_RETRY_S": "90",
+    "REFERENCE_PARENT_PID": "4242",
     "APPLY_SCHEMA": "0",
 }
 
@@ -64,13 +67,14 @@ def test_from_env_parses_every_variable() -> None:
         heartbeat_interval_s=2.0, lease_s=12.5, reaper_interval_s=3.0, sse_ping_interval_s=7.0,
         stop_notify=False, stop_wait_s=4.0, instance_id="box-7",
         faults=frozenset({Fault.NO_LEASE, Fault.BLANKET_500}), max_body_bytes=2048,
-        pool_min_size=3, pool_max_size=9, pool_timeout_s=2.5, apply_schema=False)
+        pool_min_size=3, pool_max_size=9, pool_timeout_s=2.5, pool_reconnect_timeout_s=6.0,
+        settle_retry_s=90.0, parent_pid=4242, apply_schema=False)
 
 
 def test_every_setting_has_a_variable_in_the_test() -> None:
     """A new setting must come with its variable here (so the test above covers it)."""
-    names = {"REFERENCE_FAULTS" if f.name == "faults" else f.name.upper()
-             for f in dataclasses.fields(Settings)}
+    renamed = {"faults": "REFERENCE_FAULTS", "parent_pid": "REFERENCE_PARENT_PID"}
+    names = {renamed.get(f.name, f.name.upper()) for f in dataclasses.fields(Settings)}
     assert names == set(EVERY_VARIABLE)
 
 
