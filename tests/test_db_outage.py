@@ -143,6 +143,26 @@ async def test_a_run_whose_database_goes_mid_stream_ends_at_once_and_settles_whe
         assert again.status == 200 and again.types[-2:] == ["finish", "[DONE]"]
 
 
+@pytest.mark.anyio
+async def test_pooled_connections_whose_backends_were_terminated_are_replaced_before_use(
+        pg_cluster: PostgresCluster, pg_dsn: str, users: dict[str, str]) -> None:
+    """After a short outage every idle pooled connection is dead: the pool's check (a round
+    trip only for a connection the server wrote to unasked) replaces them, so the first turn
+    after the outage succeeds instead of failing on a stale connection."""
+    provider = FakeProvider()
+    async with running_reference(make_settings(pg_dsn, pool_min_size=4), provider) as ref, \
+            httpx.AsyncClient(timeout=30) as client:
+        api = Api(client, ref.url, users["alice"])
+        first = await api.turn("before the outage")
+        assert first.status == 200 and first.chat_id is not None
+        async with outage(pg_cluster, pg_dsn):
+            pass  # database_down returns once every backend of the database has exited
+        after = await api.turn("after the outage", first.chat_id)
+        runs = await api.runs(first.chat_id)
+    assert (after.status, after.types[-2:]) == (200, ["finish", "[DONE]"])
+    assert runs.status_code == 200
+
+
 # -- the gate and the registry -------------------------------------------------------------------
 
 def seed(dsn: str) -> tuple[UUID, UUID]:
