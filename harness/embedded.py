@@ -293,7 +293,7 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
            "REFERENCE_SERVER": server,  # hypercorn speaks HTTP/2 (h2c and TLS ALPN)
            "AUTONOMOUS_RUNS": "true" if autonomous_runs else "false",
            "HEARTBEAT_INTERVAL_S": str(min(1.0, lease / 3)), "LEASE_S": str(lease),
-           "REAPER_INTERVAL_S": str(min(2.0, lease / 2)), "POOL_MAX_SIZE": "60",
+           "REAPER_INTERVAL_S": str(min(2.0, lease / 2)), "POOL_MAX_SIZE": "10",
            **({"PROVIDER_READ_TIMEOUT_S": str(provider_timeout_s)} if provider_timeout_s
               else {})}
     try:

@@ -198,7 +198,7 @@ def suspect_connection_check(pool_ref: list[AsyncConnectionPool]
     connection has something to read. An idle pooled connection (never LISTENing) is sent
     nothing, so readable means the server wrote to it unasked — the FATAL of a terminated
     backend, or the close of a stopped server. A healthy connection costs one zero-timeout
-    ``select`` instead of a round trip on every checkout (the 409 path's latency).
+    ``poll`` instead of a round trip on every checkout (the 409 path's latency).
 
     A dead one means an outage just ended: every idle connection is checked at once
     (``pool.check()``), so the request that found it waits one pool back-off for a fresh
@@ -206,12 +206,16 @@ def suspect_connection_check(pool_ref: list[AsyncConnectionPool]
 
     async def check(conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.closed:
+            log.warning("a pooled connection was closed")
             raise psycopg.OperationalError("the connection is closed")
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-        if readable:
+        poller = select.poll()  # not select(): its fds stop at 1024, a busy server's do not
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        if poller.poll(0):
             try:
                 await AsyncConnectionPool.check_connection(conn)
-            except psycopg.Error:
+            except psycopg.Error as exc:
+                log.warning("a pooled connection was dead (%s): checking the pool",
+                            type(exc).__name__)
                 if pool_ref:
                     await pool_ref[0].check()
                 raise

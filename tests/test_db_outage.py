@@ -351,3 +351,20 @@ def test_a_harness_killed_with_sigkill_leaves_no_reference_process(
         if log_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(log_path)
+
+
+@pytest.mark.anyio
+async def test_the_pool_check_works_on_descriptors_past_1024(pg_dsn: str) -> None:
+    """A server with a thousand clients holds database sockets numbered past FD_SETSIZE: the
+    check must not use select() (which raises there, and every checkout then backs off)."""
+    from reference.app import suspect_connection_check
+
+    pipes = [os.pipe() for _ in range(520)]
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            assert conn.pgconn.socket > 1024
+            await suspect_connection_check([])(conn)  # healthy: passes without a round trip
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
