@@ -170,8 +170,9 @@ def _add_target_options(p: argparse.ArgumentParser, *, n_default: int | None,
     p.add_argument("--chat-id", help="race on this existing idle chat instead of a new one")
     p.add_argument("--fault", action="append", type=_fault_name, default=[], metavar="NAME",
                    help="embedded only: switch a known bug on in the reference (repeatable)")
-    p.add_argument("--losers-fast-ms", type=_positive, default=1000.0,
-                   help="bound for race/losers-fast (default 1000)")
+    p.add_argument("--losers-fast-ms", type=_positive, default=None,
+                   help="bound for race/losers-fast (default 1000, or 3 ms per request above "
+                        "N=333)")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--allow-large", action="store_true",
                    help=f"lift the cap of --n {MAX_N} and 20000 total requests")

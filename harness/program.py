@@ -22,6 +22,7 @@ from harness.engine import (
     Recorder,
     TargetUnreachable,
     TrialContext,
+    losers_fast_bound_ms,
     race_text,
     turn_body,
     whole_turn,
@@ -730,7 +731,7 @@ async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
     rec = Recorder(ctx.trial_no, ctx.writer)
     meta: dict[str, Any] = {
         "trial": ctx.trial_no, "seed": ctx.seed, "scenario": scenario.name, "n": cfg.n,
-        "sync": cfg.sync, "losers_fast_bound_ms": cfg.losers_fast_bound_ms,
+        "sync": cfg.sync, "losers_fast_bound_ms": losers_fast_bound_ms(cfg),
         "stop_bound_ms": cfg.stop_bound_ms, "provider_access": ctx.provider is not None,
         "db_access": ctx.db is not None, "instances": len(ctx.targets),
     }

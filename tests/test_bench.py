@@ -162,3 +162,12 @@ def test_a_tiny_bench_runs_every_section_and_writes_well_formed_results(
                     "## Scale", "## Against the bars"):
         assert heading in markdown
     assert markdown == render_markdown(result) + "\n"
+
+
+def test_the_losers_fast_default_bound_grows_with_large_bursts_only() -> None:
+    from harness.engine import RaceConfig, default_losers_fast_bound_ms, losers_fast_bound_ms
+
+    assert default_losers_fast_bound_ms(2) == default_losers_fast_bound_ms(333) == 1000.0
+    assert default_losers_fast_bound_ms(1000) == 3000.0
+    assert losers_fast_bound_ms(RaceConfig(n=1000)) == 3000.0
+    assert losers_fast_bound_ms(RaceConfig(n=1000, losers_fast_bound_ms=250.0)) == 250.0
