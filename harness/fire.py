@@ -122,6 +122,23 @@ def build_request(endpoint: Endpoint, method: str, target: str, headers: list[tu
     return conn, data
 
 
+async def open_tcp_nodelay(endpoint: Endpoint) -> tuple[socket.socket, trio.SocketStream]:
+    """A connected TCP stream with ``TCP_NODELAY`` (a small final write leaves at once), and
+    its raw non-blocking socket, for sends that must not yield."""
+    infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    family, type_, proto, _, addr = infos[0]
+    raw = socket.socket(family, type_, proto)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw.setblocking(False)
+    tsock = trio.socket.from_stdlib_socket(raw)
+    try:
+        await tsock.connect(addr)
+    except BaseException:
+        tsock.close()
+        raise
+    return raw, trio.SocketStream(tsock)
+
+
 class Racer:
     """One request on its own connection, able to withhold its last byte."""
 
@@ -140,19 +157,8 @@ class Racer:
 
     async def connect(self) -> None:
         ep = self.endpoint
-        infos = await trio.socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_STREAM)
-        family, type_, proto, _, addr = infos[0]
-        raw = socket.socket(family, type_, proto)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        raw.setblocking(False)
-        tsock = trio.socket.from_stdlib_socket(raw)
-        try:
-            await tsock.connect(addr)
-        except BaseException:
-            tsock.close()
-            raise
-        self.sock = raw
-        stream: trio.abc.Stream = trio.SocketStream(tsock)
+        self.sock, tcp = await open_tcp_nodelay(ep)
+        stream: trio.abc.Stream = tcp
         if ep.scheme == "https":
             assert ep.ssl_context is not None
             tls = trio.SSLStream(stream, ep.ssl_context, server_hostname=ep.host,

@@ -49,7 +49,7 @@ import h2.exceptions
 import h2.settings
 import trio
 
-from harness.fire import MAX_ERROR_BODY, Endpoint, Response
+from harness.fire import MAX_ERROR_BODY, Endpoint, Response, open_tcp_nodelay
 from harness.sse import SseParser, UiStream
 
 RECEIVE_SIZE = 65536
@@ -210,19 +210,8 @@ class _Connection:
     async def open(self) -> None:
         """TCP (+ TLS with ALPN h2), the preface, and the server's SETTINGS."""
         ep = self.endpoint
-        infos = await trio.socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_STREAM)
-        family, type_, proto, _, addr = infos[0]
-        raw = socket.socket(family, type_, proto)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        raw.setblocking(False)
-        tsock = trio.socket.from_stdlib_socket(raw)
-        try:
-            await tsock.connect(addr)
-        except BaseException:
-            tsock.close()
-            raise
-        self.sock = raw
-        stream: trio.abc.Stream = trio.SocketStream(tsock)
+        self.sock, tcp = await open_tcp_nodelay(ep)
+        stream: trio.abc.Stream = tcp
         self.stream = stream
         if self.tls:
             if ep.ssl_context is None:

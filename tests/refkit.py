@@ -13,6 +13,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -324,3 +325,21 @@ async def turn_through_gate(api: Api, dsn: str, chat_id: str, text: str) -> tupl
         finally:
             request.cancel()
     return result, str(row[0])
+
+
+def wait_until_ready(url: str, proc: Any, log_path: Any, timeout_s: float = 30.0) -> None:
+    """Wait until the server process ``proc`` answers ``GET /healthz`` with 200 (https
+    without verification); fail with its log if it exits or takes longer than ``timeout_s``.
+    A bounded readiness probe of another process: there is nothing to await."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(verify=False, timeout=2) as client:
+        while True:
+            assert proc.poll() is None, Path(log_path).read_text()
+            assert time.monotonic() < deadline, "the reference did not become ready"
+            try:
+                if client.get(url + "/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)

@@ -22,7 +22,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +32,11 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
-import httpx
 import psycopg
 import pytest
 import trio
 import trustme
+from refkit import wait_until_ready
 
 from harness.engine import race_text, turn_body
 from harness.fake_provider import FakeProvider
@@ -115,16 +114,7 @@ def start_reference(pg_dsn: str, users: dict[str, str], tmp_path: Path
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(proc)
         url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        with httpx.Client(verify=False, timeout=2) as client:
-            while True:  # readiness of another process: a bounded probe
-                assert proc.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "the reference did not become ready"
-                try:
-                    if client.get(url + "/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        wait_until_ready(url, proc, log_path)
         return Reference(url, port, users["alice"], pg_dsn, provider_port, proc, log_path, ca)
 
     try:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import trustme
+from refkit import wait_until_ready
 
 from harness.cli import main
 
@@ -57,16 +57,7 @@ def deployment(pg_dsn: str, users: dict[str, str], tmp_path: Path) -> Iterator[D
         stderr=subprocess.STDOUT)
     url = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        with httpx.Client(verify=False, timeout=2) as client:
-            while True:  # readiness of another process: a bounded probe
-                assert proc.poll() is None, (tmp_path / "reference.log").read_text()
-                assert time.monotonic() < deadline, "the reference did not become ready"
-                try:
-                    if client.get(url + "/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        wait_until_ready(url, proc, tmp_path / "reference.log")
         yield Deployment(url, users["alice"], provider_port, pg_dsn)
     finally:
         proc.terminate()
