@@ -137,7 +137,8 @@ class Gate:
         and an expired holder someone else reclaimed meanwhile is looked up again. The
         pre-check is only the fast path: the INSERT below is the gate."""
         async with _autocommit(self.pool) as conn:
-            cur = await conn.execute(_ADMIT, {"chat_id": chat_id, "user_id": user_id})
+            cur = await conn.execute(_ADMIT, {"chat_id": chat_id, "user_id": user_id},
+                                     prepare=True)  # planned once per connection
             row = await cur.fetchone()
             assert row is not None
             owner, reclaimed, active_id, expired = row
@@ -178,7 +179,7 @@ class Gate:
             # the holder on the same connection instead of queueing for another.
             async with _autocommit(self.pool) as conn:
                 try:
-                    cur = await conn.execute(_INSERT_RUN, params)
+                    cur = await conn.execute(_INSERT_RUN, params, prepare=True)
                     row = await cur.fetchone()
                 except pgerrors.UniqueViolation as exc:
                     if (exc.diag.constraint_name == GATE_INDEX
@@ -404,7 +405,7 @@ _CONFLICT_FAULTS = frozenset({Fault.SWALLOW_UNIQUE_VIOLATION, Fault.BLANKET_500}
 
 
 async def _holder_on(conn: AsyncConn, chat_id: UUID) -> UUID | None:
-    cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,))
+    cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,), prepare=True)
     row = await cur.fetchone()
     return None if row is None else row[0]  # type: ignore[no-any-return]
 
