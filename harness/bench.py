@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ class Plan:
     scale_n: int
     scale_chats: int
     scale_per_chat: int
+    scale_trials: int = 3
     synthetic_ops: int = 100_000
     wall_n: int = 50
 
@@ -86,7 +88,7 @@ FULL = Plan(sync_ns=(2, 10, 50, 200, 1000), sync_trials=7, sync_trials_large=3,
             scale_n=1000, scale_chats=200, scale_per_chat=5)
 QUICK = Plan(sync_ns=(2, 10, 50), sync_trials=3, sync_trials_large=1, detection_ns=(2, 50),
              detection_trials=10, service_trials=5, cold_runs=1, scale_n=200, scale_chats=20,
-             scale_per_chat=5)
+             scale_per_chat=5, scale_trials=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +125,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     out = Path(args.out)
     bench = Bench(plan, sections, seed=args.seed, quick=args.quick)
+    previous = _previous(out, bench.result) if set(sections) != set(SECTIONS) else None
     code = EXIT_OK
     try:
         trio.run(bench.run)
@@ -140,6 +143,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
             raise
         bench.result["interrupted"] = True
         code = EXIT_INTERRUPTED
+    if previous is not None:
+        merge_sections(bench.result, previous)
     write_results(out, bench.result)
     print(render_markdown(bench.result))
     print(f"\nwritten: {out / 'bench.json'}, {out / 'bench.md'}", file=sys.stderr)
@@ -345,6 +350,7 @@ class Bench:
             4 * max(self.plan.sync_ns + (self.plan.scale_n,)) + 512)
         if "wall" in self.sections:  # fresh processes first, before this one warms anything
             self.result["sections"]["wall"] = await self.wall()
+            self.result["sections"]["wall"]["measured"] = self.result["started"]
         async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
             await nursery.start(raise_on_signal)
             await nursery.start(self.provider.serve, "127.0.0.1", 0)
@@ -355,6 +361,7 @@ class Bench:
                 if name in self.sections:
                     self._progress(f"section {name}")
                     self.result["sections"][name] = await getattr(self, name)()
+                    self.result["sections"][name]["measured"] = self.result["started"]
             nursery.cancel_scope.cancel()
 
     # -- running trials ------------------------------------------------------------------
@@ -483,40 +490,45 @@ class Bench:
         return {"rows": rows}
 
     async def scale(self) -> dict[str, Any]:
+        """Each burst ``plan.scale_trials`` times: median wall, every verdict seen, peak RSS."""
         out: dict[str, Any] = {}
-        n = self.plan.scale_n
+        n, k = self.plan.scale_n, self.plan.scale_trials
+        props = self.scenario.properties
         async with self._service() as service:
-            self._progress(f"scale: same-chat burst N={n}")
-            runs = await self.trials(service, self.scenario, n=n, sync="last-byte", k=1,
+            self._progress(f"scale: same-chat burst N={n} x{k}")
+            runs = await self.trials(service, self.scenario, n=n, sync="last-byte", k=k,
                                      config=_large_config(n))
-            run = runs[0]
-            props = self.scenario.properties
-            _, check_s = timed(lambda: check_trial(run.trial, props))
-            figs = trial_figures(run.trial)
+            checks = [timed(partial(check_trial, r.trial, props))[1] for r in runs]
+            figs = [trial_figures(r.trial) for r in runs]
             out["same_chat"] = {
-                "n": n, "wall_s": _r(run.wall_s), "verdicts": run.verdicts,
-                "all_evaluated": "unknown" not in run.verdicts.values(),
-                "release_spread_ms": _r(figs["release_spread_ms"]),
-                "arrival_spread_ms": _r(figs["arrival_spread_ms"]),
-                "ops": len(run.trial.ops), "checker_s": _r(check_s, 4),
-                "server_peak_rss_mb": _r(_peak_rss_mb(service.instances[0].process.pid), 1),
+                "n": n, "trials": k, "wall_s": _summary([r.wall_s for r in runs]),
+                "verdicts": _verdict_counts(runs),
+                "all_evaluated": all("unknown" not in r.verdicts.values() for r in runs),
+                "invalid": sorted({p for r in runs for p, v in r.verdicts.items()
+                                   if v == "invalid"}),
+                "release_spread_ms": _summary([f["release_spread_ms"] for f in figs]),
+                "arrival_spread_ms": _summary([f["arrival_spread_ms"] for f in figs]),
+                "ops": len(runs[0].trial.ops), "checker_s": _summary(checks),
             }
-            synthetic = synthetic_trial(run.trial, self.plan.synthetic_ops)
-            results, synth_s = timed(lambda: check_trial(synthetic, props))
-            out["synthetic"] = {"ops": len(synthetic.ops), "checker_s": _r(synth_s, 3),
-                                "verdicts": {p: r.verdict for p, r in results.items()}}
+            synth = []
+            for _ in range(k):  # a fresh trial each time: nothing memoised from the last run
+                synthetic = synthetic_trial(runs[0].trial, self.plan.synthetic_ops)
+                synth.append(timed(partial(check_trial, synthetic, props)))
+            out["synthetic"] = {"ops": len(synthetic.ops), "runs": k,
+                                "checker_s": _summary([t for _, t in synth]),
+                                "verdicts": {p: r.verdict for p, r in synth[0][0].items()}}
             chats, per_chat = self.plan.scale_chats, self.plan.scale_per_chat
-            self._progress(f"scale: {chats} chats x {per_chat} turns")
+            self._progress(f"scale: {chats} chats x {per_chat} turns x{k}")
             many = _many_chats_scenario(chats, per_chat)
             try:
                 runs = await self.trials(service, many, n=chats * per_chat, sync="last-byte",
-                                         k=1, config=_large_config(chats * per_chat))
-                run = runs[0]
+                                         k=k, config=_large_config(chats * per_chat))
                 out["many_chats"] = {
-                    "chats": chats, "per_chat": per_chat, "wall_s": _r(run.wall_s),
-                    "verdicts": run.verdicts,
-                    "all_evaluated": "unknown" not in run.verdicts.values(),
-                    "ops": len(run.trial.ops),
+                    "chats": chats, "per_chat": per_chat, "trials": k,
+                    "wall_s": _summary([r.wall_s for r in runs]),
+                    "verdicts": _verdict_counts(runs),
+                    "all_evaluated": all("unknown" not in r.verdicts.values() for r in runs),
+                    "ops": len(runs[0].trial.ops),
                 }
             except StepNotAvailable as exc:
                 out["many_chats"] = {"skipped": str(exc)}
@@ -603,6 +615,28 @@ def _server_version(dsn: str) -> str | None:
         return None
 
 
+def _previous(out: Path, result: dict[str, Any]) -> dict[str, Any] | None:
+    """The results already in ``out`` when they come from this machine (their other sections
+    are kept beside the ones rerun), else None."""
+    try:
+        previous = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = ("cores", "cpu_model", "python")
+    if not isinstance(previous, dict) or any(
+            (previous.get("machine") or {}).get(k) != result["machine"].get(k) for k in same):
+        return None
+    return previous
+
+
+def merge_sections(result: dict[str, Any], previous: dict[str, Any]) -> None:
+    """Keep ``previous``'s sections that were not rerun, each marked with when it ran."""
+    for name, section in (previous.get("sections") or {}).items():
+        if name in SECTIONS and name not in result["sections"]:
+            section.setdefault("measured", previous.get("started"))
+            result["sections"][name] = section
+
+
 # -- output ------------------------------------------------------------------------------
 
 def write_results(out: Path, result: dict[str, Any]) -> None:
@@ -687,18 +721,21 @@ def render_markdown(result: dict[str, Any]) -> str:
         sc = s["scale"]
         same, syn = sc.get("same_chat", {}), sc.get("synthetic", {})
         many = sc.get("many_chats", {})
-        lines += ["## Scale", "",
-                  f"- Same-chat burst N={same.get('n')}: {_fmt(same.get('wall_s'), ' s')}, "
-                  f"every property evaluated: {same.get('all_evaluated')}; release spread "
-                  f"{_fmt(same.get('release_spread_ms'), ' ms')}, server arrival spread "
-                  f"{_fmt(same.get('arrival_spread_ms'), ' ms')}; checkers "
-                  f"{_fmt(same.get('checker_s'), ' s')} on {same.get('ops')} ops.",
-                  (f"- {many['chats']} chats × {many['per_chat']} turns: "
-                   f"{_fmt(many.get('wall_s'), ' s')}, every property evaluated: "
+        med = lambda d: (d or {}).get("median")  # noqa: E731
+        lines += ["## Scale (medians over the trials)", "",
+                  f"- Same-chat burst N={same.get('n')} × {same.get('trials')}: "
+                  f"{_fmt(med(same.get('wall_s')), ' s')} per trial, every property evaluated: "
+                  f"{same.get('all_evaluated')} (invalid: "
+                  f"{', '.join(same.get('invalid') or []) or 'none'}); release spread "
+                  f"{_fmt(med(same.get('release_spread_ms')), ' ms')}, server arrival spread "
+                  f"{_fmt(med(same.get('arrival_spread_ms')), ' ms')}; checkers "
+                  f"{_fmt(med(same.get('checker_s')), ' s')} on {same.get('ops')} ops.",
+                  (f"- {many['chats']} chats × {many['per_chat']} turns × {many['trials']}: "
+                   f"{_fmt(med(many.get('wall_s')), ' s')} per trial, every property evaluated: "
                    f"{many.get('all_evaluated')}." if "chats" in many
                    else f"- Many chats: {many.get('skipped', 'not run')}"),
                   f"- Synthetic history of {syn.get('ops')} ops: checkers "
-                  f"{_fmt(syn.get('checker_s'), ' s')}.",
+                  f"{_fmt(med(syn.get('checker_s')), ' s')} (median of {syn.get('runs')}).",
                   f"- Peak RSS: harness {_fmt(sc.get('harness_peak_rss_mb'), ' MB')}, "
                   f"server {_fmt(sc.get('server_peak_rss_mb'), ' MB')}.", ""]
     lines += _bars(result)
@@ -727,7 +764,8 @@ def _bars(result: dict[str, Any]) -> list[str]:
          BARS["release_spread_n50_ms"], False),
         ("last-byte release spread, N=1000 (ms)",
          sync_median(1000) if sync_median(1000) is not None
-         else same.get("release_spread_ms") if same.get("n") == 1000 else None,
+         else (same.get("release_spread_ms") or {}).get("median") if same.get("n") == 1000
+         else None,
          BARS["release_spread_n1000_ms"], False),
         ("detection of no-unique-index, N=2, last-byte", detection(2),
          BARS["detection_n2_last_byte"], True),
@@ -738,11 +776,13 @@ def _bars(result: dict[str, Any]) -> list[str]:
         ("409 p99 during an N=50 burst (ms)",
          s.get("service", {}).get("latency_409_ms", {}).get("p99"), BARS["p99_409_n50_ms"],
          False),
-        ("N=1000 burst wall (s)", same.get("wall_s") if same.get("n") == 1000 else None,
+        ("N=1000 burst wall (s)",
+         (same.get("wall_s") or {}).get("median") if same.get("n") == 1000 else None,
          BARS["n1000_wall_s"], False),
         ("harness peak RSS (MB)", scale.get("harness_peak_rss_mb"), BARS["harness_rss_mb"],
          False),
-        ("checkers on 100,000 ops (s)", scale.get("synthetic", {}).get("checker_s"),
+        ("checkers on 100,000 ops (s)",
+         (scale.get("synthetic", {}).get("checker_s") or {}).get("median"),
          BARS["checker_100k_s"], False),
     ]
     lines = ["## Against the bars", "", "| figure | measured | bar |", "|---|---:|---|"]

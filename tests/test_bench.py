@@ -16,6 +16,7 @@ from harness.bench import (
     SECTIONS,
     Bench,
     Plan,
+    merge_sections,
     percentile,
     render_markdown,
     synthetic_trial,
@@ -29,7 +30,7 @@ from harness.history import Op, Trial
 
 TINY = Plan(sync_ns=(2, 5), sync_trials=1, sync_trials_large=1, detection_ns=(2,),
             detection_trials=2, service_trials=1, cold_runs=1, scale_n=12, scale_chats=3,
-            scale_per_chat=2, synthetic_ops=3000, wall_n=3)
+            scale_per_chat=2, scale_trials=1, synthetic_ops=3000, wall_n=3)
 
 
 @pytest.fixture
@@ -152,16 +153,26 @@ def test_a_tiny_bench_runs_every_section_and_writes_well_formed_results(
 
     scale = s["scale"]
     assert scale["same_chat"]["n"] == 12 and scale["same_chat"]["all_evaluated"] is True
-    assert set(scale["same_chat"]["verdicts"]) == set(SINGLE_CHAT_RACE)
+    assert scale["same_chat"]["verdicts"] == {"valid": 1, "invalid": 0, "unknown": 0}
+    assert scale["same_chat"]["wall_s"]["count"] == 1
     assert scale["many_chats"]["chats"] == 3 and scale["many_chats"]["all_evaluated"] is True
-    assert scale["many_chats"]["verdicts"]["chats/one-winner-each"] == "valid"
+    assert scale["many_chats"]["verdicts"] == {"valid": 1, "invalid": 0, "unknown": 0}
     assert scale["synthetic"]["ops"] >= 3000
+    assert set(scale["synthetic"]["verdicts"]) == set(SINGLE_CHAT_RACE)
+    assert all(section["measured"] == result["started"] for section in s.values())
     assert scale["harness_peak_rss_mb"] > 0 and scale["server_peak_rss_mb"] > 0
 
     for heading in ("## Synchronisation", "## Detection power", "## Service", "## Wall time",
                     "## Scale", "## Against the bars"):
         assert heading in markdown
     assert markdown == render_markdown(result) + "\n"
+
+    # Rerunning one section keeps the others, each saying when it was measured.
+    earlier = {**result, "started": "2026-01-01T00:00:00Z"}
+    rerun = {**result, "sections": {"wall": s["wall"]}}
+    merge_sections(rerun, earlier)
+    assert set(rerun["sections"]) == set(SECTIONS)
+    assert rerun["sections"]["scale"]["measured"] == result["started"]
 
 
 def test_the_losers_fast_default_bound_grows_with_large_bursts_only() -> None:
