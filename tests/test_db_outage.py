@@ -39,7 +39,7 @@ from refkit import Api, FakeProvider, make_settings, running_reference
 from harness.cli import main
 from harness.embedded import database_down, database_up
 from harness.postgres import PostgresCluster
-from reference.gate import Gate
+from reference.gate import Claim, Gate
 from reference.metrics import Metrics
 from reference.registry import Registry
 from reference.runner import UNSAVED_ERROR, LiveRun
@@ -197,6 +197,16 @@ async def open_gate(dsn: str, lease_s: float = 30.0) -> AsyncIterator[Gate]:
         await pool.close(timeout=5.0)
 
 
+@contextlib.asynccontextmanager
+async def claimed(dsn: str) -> AsyncIterator[tuple[Gate, Claim]]:
+    """A gate on a seeded chat, and the claim of a run begun on it."""
+    user, chat = seed(dsn)
+    async with open_gate(dsn) as gate:
+        claim = await gate.begin(chat_id=chat, user_id=user)
+        assert claim is not None
+        yield gate, claim
+
+
 TERMINAL: dict[str, Any] = {
     "status": "succeeded", "error": None, "content": "Hello!", "message_id": None,
     "message_status": "completed", "step_count": 1, "stop_requested": False}
@@ -205,10 +215,7 @@ TERMINAL: dict[str, Any] = {
 @pytest.mark.anyio
 async def test_a_settle_whose_database_is_down_completes_after_the_database_returns(
         pg_cluster: PostgresCluster, pg_dsn: str) -> None:
-    user, chat = seed(pg_dsn)
-    async with open_gate(pg_dsn) as gate:
-        claim = await gate.begin(chat_id=chat, user_id=user)
-        assert claim is not None
+    async with claimed(pg_dsn) as (gate, claim):
         failures: list[BaseException] = []
         failed = asyncio.Event()
 
@@ -232,10 +239,7 @@ async def test_a_settle_whose_database_is_down_completes_after_the_database_retu
 @pytest.mark.anyio
 async def test_a_settle_gives_up_when_the_database_stays_down(
         pg_cluster: PostgresCluster, pg_dsn: str) -> None:
-    user, chat = seed(pg_dsn)
-    async with open_gate(pg_dsn) as gate:
-        claim = await gate.begin(chat_id=chat, user_id=user)
-        assert claim is not None
+    async with claimed(pg_dsn) as (gate, claim):
         async with outage(pg_cluster, pg_dsn):
             assert await gate.settle_retrying(claim, give_up_after_s=0.5, max_delay_s=0.1,
                                               **TERMINAL) is None
