@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import secrets
 import signal
 import socket
@@ -245,9 +246,30 @@ class EmbeddedService:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A free port for a server, below the kernel's ephemeral range when possible: a server
+    restarted on its port (crash-recovery, the soak) must not find that a client's outgoing
+    connection has been given the port meanwhile (bind then fails: address in use)."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(64):
+        port = rng.randrange(10_000, low) if low > 10_000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    with socket.socket() as sock:  # fall back to any port the kernel gives
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @contextlib.asynccontextmanager

@@ -637,7 +637,7 @@ class Soak:
                 await service.restart(k)
         except (EmbeddedStartError, trio.TooSlowError) as exc:
             self._crash(f"restart of instance {k} failed: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                        f"{str(exc)[-2000:]}")  # with the log's tail: the why
             return
         self.incarnation[k] += 1
         self.old_clients.append(self.clients[k])

@@ -92,3 +92,14 @@ def test_h2_single_packet_race_against_the_embedded_reference_is_valid(
     meta = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()
             if '"kind":"trial"' in line][-1]
     assert meta["sync_used"] == "h2-single-packet" and meta["h2_packets"] == 1
+
+
+def test_server_ports_are_chosen_outside_the_ephemeral_range() -> None:
+    """A reference restarted on its port must not find a client connection sitting on it."""
+    from harness.embedded import _ephemeral_low, free_port
+
+    low = _ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 < p < 65536 for p in ports)
+    if low > 10_000:
+        assert all(p < low for p in ports)
