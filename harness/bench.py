@@ -203,7 +203,7 @@ def trial_figures(trial: Trial) -> dict[str, Any]:
     racers = [(inv, done) for inv, done in trial.completions("turn")
               if inv.get("role") == "racer" and done is not None]
     release_ns = trial.meta.get("release_ns")
-    lat, app, arrivals, answered = [], [], [], []
+    lat, app, arrivals, answered, rejected = [], [], [], [], []
     ttff: float | None = None
     for inv, done in racers:
         value, sent = done.value, inv.get("sent_ns")
@@ -213,6 +213,7 @@ def trial_figures(trial: Trial) -> dict[str, Any]:
             answered.append(value["headers_ns"])
         if value.get("status") == 409 and sent and value.get("headers_ns"):
             lat.append((value["headers_ns"] - sent) / 1e6)
+            rejected.append(value["headers_ns"])
             if "server_app_ms" in value:
                 app.append(float(value["server_app_ms"]))
         if (value.get("status") == 200 and value.get("run_id") and sent
@@ -220,11 +221,9 @@ def trial_figures(trial: Trial) -> dict[str, Any]:
             ttff = (value["first_frame_ns"] - sent) / 1e6
     spread = trial.meta.get("send_spread_ns")
     rejections_per_s = None
-    if lat and release_ns and answered:
-        span_s = (max(v.value["headers_ns"] for _, v in racers
-                      if v.value.get("status") == 409 and v.value.get("headers_ns"))
-                  - release_ns) / 1e9
-        rejections_per_s = len(lat) / span_s if span_s > 0 else None
+    if rejected and release_ns:
+        span_s = (max(rejected) - release_ns) / 1e9
+        rejections_per_s = len(rejected) / span_s if span_s > 0 else None
     times = [op.time_ns for op in trial.ops]
     return {
         "n": trial.meta.get("n"), "sync": trial.meta.get("sync"),
@@ -398,18 +397,14 @@ class Bench:
     def _service(self, *, faults: Sequence[str] = (), server: str = "uvicorn",
                  ) -> Any:
         assert self.cluster is not None
-        kwargs: dict[str, Any] = {}
-        if server != "uvicorn":
-            kwargs["server"] = server
-        return reference_service(self.cluster, self.provider.base_url, faults=faults, **kwargs)
+        return reference_service(self.cluster, self.provider.base_url, faults=faults,
+                                 server=server)
 
     def _modes(self) -> list[tuple[str, str]]:
         """(server, sync mode) pairs to measure: HTTP/1.1 modes on uvicorn (the reference's
-        default) and, when the harness has the HTTP/2 mode, all modes on hypercorn."""
-        pairs = [("uvicorn", m) for m in SYNC_MODES if m != "h2-single-packet"]
-        if "h2-single-packet" in SYNC_MODES:
-            pairs += [("hypercorn", m) for m in SYNC_MODES]
-        return pairs
+        default; it speaks no HTTP/2) and every mode on hypercorn."""
+        return ([("uvicorn", m) for m in SYNC_MODES if m != "h2-single-packet"]
+                + [("hypercorn", m) for m in SYNC_MODES])
 
     # -- sections ------------------------------------------------------------------------
 
