@@ -1,12 +1,22 @@
 """The database schema (protocol.md §5), created idempotently at start.
 
 Table and index names are part of the contract: the harness's database observer reads them.
-DDL runs under a transaction-scoped advisory lock so several instances can start at once.
+
+An instance (re)starting next to live ones must not stall or deadlock their traffic. Even
+``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock on its table before it looks at the name, and
+two of them in one transaction deadlock with a turn that writes a run and then a message (the
+soak caught a restart failing so). So the catalogue is read first, without locks, and DDL runs
+only for what is missing: under a transaction-scoped advisory lock (several instances can start
+at once), with a lock timeout, retried when it loses a deadlock or times out on a lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import psycopg
+from psycopg import errors
 
 from reference.faults import Fault
 
@@ -16,6 +26,14 @@ TERMINAL_STATUSES = ("succeeded", "failed", "aborted")
 RUN_STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
 
 _SCHEMA_LOCK_KEY = 0x5EED_A1C4A7  # arbitrary, stable advisory-lock key for migrations
+DDL_LOCK_TIMEOUT = "5s"  # a DDL statement waits this long for a table lock, then retries
+DDL_ATTEMPTS = 5
+DDL_BACKOFF_S = 0.2  # doubled after each lost attempt
+
+# What TABLES_SQL creates; when all of it exists, it is not run (its locks stall live traffic).
+SCHEMA_RELATIONS = ("ai_users", "ai_api_tokens", "ai_chats", "ai_chat_messages", "ai_chat_runs",
+                    "ai_chat_messages_chat_created", "ai_chat_runs_chat_created",
+                    "ai_chat_runs_active_lease")
 
 TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS ai_users (
@@ -80,26 +98,70 @@ GATE_INDEX_SQL = (
 )
 
 
-def _statements(faults: frozenset[Fault]) -> list[str]:
-    stmts = [f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})", TABLES_SQL]
+# Which of the names exist; to_regclass looks names up without locking anything.
+PRESENT_SQL = ("SELECT coalesce(array_agg(name), '{}') FROM unnest(%s::text[]) AS name "
+               "WHERE to_regclass(name) IS NOT NULL")
+_NAMES = [*SCHEMA_RELATIONS, GATE_INDEX]
+
+
+def missing_ddl(present: set[str], faults: frozenset[Fault] = frozenset()) -> list[str]:
+    """The DDL still to run when the relations in ``present`` exist (none: nothing to do)."""
+    stmts = []
+    if not set(SCHEMA_RELATIONS) <= present:
+        stmts.append(TABLES_SQL)
     if Fault.NO_UNIQUE_INDEX in faults:
-        # The fault: the migration that adds the gate never ran.
-        stmts.append(f"DROP INDEX IF EXISTS {GATE_INDEX}")
-    else:
+        if GATE_INDEX in present:
+            # The fault: the migration that adds the gate never ran.
+            stmts.append(f"DROP INDEX IF EXISTS {GATE_INDEX}")
+    elif GATE_INDEX not in present:
         stmts.append(GATE_INDEX_SQL)
     return stmts
 
 
+_LOCKED_PREAMBLE = (f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})",
+                    f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+_RETRIED = (errors.DeadlockDetected, errors.LockNotAvailable)
+
+
 async def apply_schema(conn: psycopg.AsyncConnection[object],
                        faults: frozenset[Fault] = frozenset()) -> None:
-    """Create every table and index if missing, in one transaction."""
-    async with conn.transaction():
-        for stmt in _statements(faults):
-            await conn.execute(stmt)  # type: ignore[arg-type]
+    """Create whatever table or index is missing (nothing is locked when none is)."""
+    for attempt in range(DDL_ATTEMPTS):
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(PRESENT_SQL, [_NAMES])
+                row = await cur.fetchone()
+                if not missing_ddl(set(row[0]) if row else set(), faults):
+                    return
+                for stmt in _LOCKED_PREAMBLE:
+                    await conn.execute(stmt)  # type: ignore[arg-type]
+                cur = await conn.execute(PRESENT_SQL, [_NAMES])  # after another's DDL
+                row = await cur.fetchone()
+                for stmt in missing_ddl(set(row[0]) if row else set(), faults):
+                    await conn.execute(stmt)  # type: ignore[arg-type]
+            return
+        except _RETRIED:
+            if attempt == DDL_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(DDL_BACKOFF_S * 2 ** attempt)
 
 
 def apply_schema_sync(dsn: str, faults: frozenset[Fault] = frozenset()) -> None:
     """The same, for synchronous callers (tests, the CLI)."""
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        for stmt in _statements(faults):
-            conn.execute(stmt)  # type: ignore[arg-type]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for attempt in range(DDL_ATTEMPTS):
+            try:
+                with conn.transaction():
+                    row = conn.execute(PRESENT_SQL, [_NAMES]).fetchone()
+                    if not missing_ddl(set(row[0]) if row else set(), faults):
+                        return
+                    for stmt in _LOCKED_PREAMBLE:
+                        conn.execute(stmt)  # type: ignore[arg-type]
+                    row = conn.execute(PRESENT_SQL, [_NAMES]).fetchone()
+                    for stmt in missing_ddl(set(row[0]) if row else set(), faults):
+                        conn.execute(stmt)  # type: ignore[arg-type]
+                return
+            except _RETRIED:
+                if attempt == DDL_ATTEMPTS - 1:
+                    raise
+                time.sleep(DDL_BACKOFF_S * 2 ** attempt)
