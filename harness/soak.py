@@ -23,7 +23,8 @@ the **database** (``ai_chat_runs``) and the fake provider's ledger.
 
 ``soak.json`` keys (schema ``soak-v1``; numbers are counts unless named otherwise):
 
-- ``ok`` — both must-be-zero numbers are zero, nothing crashed, not interrupted;
+- ``ok`` — both must-be-zero numbers are zero, no burst had more than one winner, nothing
+  crashed, not interrupted;
   ``interrupted`` (bool) and ``interrupt_signal``; ``crashes`` (harness errors, instances that
   died by themselves, a failed restart);
 - ``must_be_zero`` — ``active_runs_left`` (runs still pending/running after the settle bound)
@@ -37,7 +38,9 @@ the **database** (``ai_chat_runs``) and the fake provider's ledger.
   announced that have no row);
 - ``requests`` — ``total``, ``by_outcome``, ``by_action`` (outcomes per action), ``conflicts``
   (409s), ``conflict_latency_ms`` (last byte sent → status line, p50/p99/max), ``bursts``
-  (count, sizes, with conflicts, winners), ``stops``, ``malformed_streams``, ``per_minute``
+  (count, sizes, with conflicts, winners; ``more_than_one_winner`` and
+  ``no_winner_unexplained`` are findings, ``hit_by_restart`` counts bursts whose winner may
+  have died with the killed instance), ``stops``, ``malformed_streams``, ``per_minute``
   (requests, conflicts and runs started in each minute of load: a slowdown shows there);
 - ``provider`` — ``calls``, ``by_mode``, ``untracked_calls``, ``untracked_examples``,
   ``repeat_calls`` (calls beyond the first for one request);
@@ -500,7 +503,9 @@ class Soak:
         sync = rng.choice(("last-byte", "whole"))
         end = rng.choices(("release", "stop", "disconnect"), (6, 3, 1))[0]
         reqs = [self._req("burst", await self._instance(rng), chat, "hold") for _ in range(n)]
-        info: dict[str, Any] = {"n": n, "sync": sync, "end": end}
+        info: dict[str, Any] = {"n": n, "sync": sync, "end": end,
+                                "instances": {r.instance for r in reqs},
+                                "from_s": trio.current_time() - self.t0}
 
         async def end_winners(live: list[tuple[Req, Racer]]) -> None:
             winners = [(req, r) for req, r in live if r.response.status == 200]
@@ -518,7 +523,9 @@ class Soak:
                     await _disconnect(req, racer)
 
         await self._group(reqs, sync, end_winners)
+        info["to_s"] = trio.current_time() - self.t0
         info["conflicts"] = sum(1 for r in reqs if r.status == 409)
+        info["unanswered"] = sum(1 for r in reqs if r.status is None and not r.disconnected)
         self.bursts.append(info)
         self._give_back(pool, uses, chat, reqs)
 
@@ -690,7 +697,9 @@ class Soak:
         active_left = db["active"]
         untracked_n = len(untracked)
         interrupted = self.interrupt.signal is not None
-        ok = active_left == 0 and untracked_n == 0 and self.crash_count == 0 and not interrupted
+        bursts = _burst_summary(self.bursts, self.restart)
+        ok = (active_left == 0 and untracked_n == 0 and self.crash_count == 0
+              and bursts["more_than_one_winner"] == 0 and not interrupted)
         reference_rss = [e["vm_hwm_kib"] for e in self.rss if e["vm_hwm_kib"] is not None]
         return {
             "schema": SCHEMA,
@@ -728,7 +737,7 @@ class Soak:
                 "by_action": {a: dict(sorted(c.items())) for a, c in sorted(by_action.items())},
                 "conflicts": outcomes.get("409", 0),
                 "conflict_latency_ms": _percentiles(latencies),
-                "bursts": _burst_summary(self.bursts),
+                "bursts": bursts,
                 "stops": dict(sorted(self.stops.items())),
                 "malformed_streams": sum(1 for r in reqs if r.findings and r.clean()),
                 "per_minute": _per_minute(reqs),
@@ -878,13 +887,25 @@ def _percentiles(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "p50": rank(0.50), "p99": rank(0.99), "max": round(values[-1], 3)}
 
 
-def _burst_summary(bursts: list[dict[str, Any]]) -> dict[str, Any]:
+def _burst_summary(bursts: list[dict[str, Any]], restart: dict[str, Any]) -> dict[str, Any]:
+    """Winners per burst. A burst some of whose turns went to the instance killed while it was
+    in flight can lose its winner's answer with the instance (``hit_by_restart``): zero
+    winners is then expected; anywhere else it is a finding, and more than one always is."""
+    def hit(b: dict[str, Any]) -> bool:
+        killed = restart.get("killed_at_s")
+        return (killed is not None and restart.get("instance") in b["instances"]
+                and b["from_s"] <= killed <= b["to_s"] and b.get("unanswered", 0) > 0)
+
     sizes = [b["n"] for b in bursts]
     winners = Counter(str(b.get("winners", 0)) for b in bursts)
     return {"count": len(bursts), "requests": sum(sizes),
             "size_min": min(sizes) if sizes else None, "size_max": max(sizes) if sizes else None,
             "with_conflicts": sum(1 for b in bursts if b.get("conflicts")),
             "one_winner": sum(1 for b in bursts if b.get("winners") == 1),
+            "more_than_one_winner": sum(1 for b in bursts if b.get("winners", 0) > 1),
+            "hit_by_restart": sum(1 for b in bursts if hit(b)),
+            "no_winner_unexplained": sum(1 for b in bursts
+                                         if not b.get("winners") and not hit(b)),
             "by_winners": dict(sorted(winners.items())),
             "by_sync": dict(sorted(Counter(b["sync"] for b in bursts).items())),
             "by_end": dict(sorted(Counter(b["end"] for b in bursts).items()))}
@@ -969,7 +990,9 @@ def _rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                             f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}"),
         ("bursts", f"{bursts['count']} of {bursts['size_min']}-{bursts['size_max']} turns on "
                    f"one chat: {bursts['with_conflicts']} with conflicts, "
-                   f"{bursts['one_winner']} with exactly one winner"),
+                   f"{bursts['one_winner']} with exactly one winner, "
+                   f"{bursts['more_than_one_winner']} with more (must be 0), "
+                   f"{bursts['hit_by_restart']} hit by the restart"),
         ("runs started", f"{runs['started']}: {_counts(runs['by_status'])}"),
         ("runs ended", str(runs["ended"])),
         ("runs reaped (lease expired)", str(runs["reaped"])),
