@@ -11,7 +11,9 @@ has its baseline from the same run on the same machine:
   ``no-unique-index`` fault at N=2 (a double-click) and N=50 per sync mode, its 95% Wilson lower
   bound, and the trials needed for 95% confidence of a catch.
 - **service** — 409 latency p50/p99 during an N=50 burst (client-observed and the server's own
-  time), rejections per second, the winner's time to first frame.
+  time), rejections per second, the winner's time to first frame, and the CPU each loser costs
+  the reference, Postgres and the harness (N=50 trials against as many one-turn trials on the
+  same service), with the floor the reference's share puts under the last 409.
 - **wall** — ``harness race --n 50`` as a fresh process (cold: Postgres and reference start
   included) and its race phase alone (the trial; the burst).
 - **scale** — a same-chat burst at N=1000 and a burst of 200 chats x 5 turns: wall time, every
@@ -44,6 +46,7 @@ from typing import Any
 import trio
 
 from harness.checkers import check_trial
+from harness.cpu import CpuMeter, cpu_delta, local_postmaster_pid
 from harness.embedded import EmbeddedService, embedded_postgres, reference_service
 from harness.engine import SYNC_MODES, RaceConfig, TrialContext
 from harness.fake_provider import FakeProvider
@@ -197,6 +200,18 @@ def _r(value: float | None, digits: int = 3) -> float | None:
 
 
 # -- reading a trial (pure) ------------------------------------------------------------------
+
+def loser_cpu(one: dict[str, float], burst: dict[str, float], *, k: int, n: int,
+              instances: int = 1) -> dict[str, Any]:
+    """CPU ms per loser for each group, from k trials of one turn (``one``) and k trials of
+    N turns (``burst``). The reference answers on one event loop per instance, and nearly all
+    of a loser's work there comes before its 409: the losers' reference CPU, spread over the
+    instances, is a floor under the last 409 of a burst."""
+    per = {g: max(0.0, (burst[g] - one.get(g, 0.0)) / k / (n - 1) * 1000) for g in burst}
+    floor = per.get("reference", 0.0) * (n - 1) / instances
+    return {**{g: _r(v) for g, v in sorted(per.items())}, "total": _r(sum(per.values())),
+            "reference_floor_last_409_ms": _r(floor), "instances": instances}
+
 
 def trial_figures(trial: Trial) -> dict[str, Any]:
     """Timing facts of one burst, from its history."""
@@ -441,8 +456,21 @@ class Bench:
     async def service(self) -> dict[str, Any]:
         n, k = 50, self.plan.service_trials
         async with self._service() as service:
+            assert self.cluster is not None
+            postmaster = self.cluster.postmaster_pid() or await trio.to_thread.run_sync(
+                local_postmaster_pid, self.cluster.dsn)
+            meter = CpuMeter([i.process.pid for i in service.instances], postmaster)
+            # The baseline, same service, same run: trials of one turn (set-up, one winner
+            # and its stream, the checks). What N=50 costs on top of it is the 49 losers'.
+            self._progress(f"service baseline N=1 x{k}")
+            before = meter.snapshot()
+            await self.trials(service, self.scenario, n=1, sync="last-byte", k=k)
+            middle = meter.snapshot()
             self._progress(f"service N={n} x{k}")
             runs = await self.trials(service, self.scenario, n=n, sync="last-byte", k=k)
+            after = meter.snapshot()
+        cpu = loser_cpu(cpu_delta(before, middle), cpu_delta(middle, after), k=k, n=n,
+                        instances=len(service.instances))
         figs = [trial_figures(r.trial) for r in runs]
         lat = [x for f in figs for x in f["latency_409_ms"]]
         app = [x for f in figs for x in f["server_409_ms"]]
@@ -455,6 +483,9 @@ class Bench:
             "server_409_ms": {"p50": _r(percentile(app, 50)), "p99": _r(percentile(app, 99))},
             "rejections_per_s": {"median": _r(median(rps), 1)},
             "winner_ttff_ms": {"median": _r(median(ttff)), "p99": _r(percentile(ttff, 99))},
+            "last_409_ms": {"median": _r(median([max(f["latency_409_ms"]) for f in figs
+                                                 if f["latency_409_ms"]]))},
+            "cpu_per_loser_ms": cpu,
             "verdicts": _verdict_counts(runs),
         }
 
@@ -704,6 +735,17 @@ def render_markdown(result: dict[str, Any]) -> str:
                   f"{_fmt(sv['winner_ttff_ms']['p99'])} |", "",
                   f"Rejections per second (median over bursts): "
                   f"{_fmt(sv['rejections_per_s']['median'])}.", ""]
+        cpu = sv.get("cpu_per_loser_ms")
+        if cpu:
+            parts = ", ".join(f"{g} {_fmt(cpu[g])}" for g in ("reference", "postgres", "harness")
+                              if cpu.get(g) is not None)
+            lines += [f"CPU per loser (the N={sv['n']} trials minus as many one-turn trials, "
+                      f"per extra turn): {parts}; total {_fmt(cpu['total'], ' ms')}. The "
+                      f"reference answers on one event loop per instance "
+                      f"({cpu['instances']} here), so its share alone puts a floor of "
+                      f"{_fmt(cpu['reference_floor_last_409_ms'], ' ms')} under the last of "
+                      f"the {sv['n'] - 1} 409s (median measured: "
+                      f"{_fmt((sv.get('last_409_ms') or {}).get('median'), ' ms')}).", ""]
     if "wall" in s:
         w = s["wall"]
         lines += [f"## Wall time (`harness race --n {w.get('n', 50)}`, fresh process each)", "",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import psycopg
 from psycopg import errors
@@ -118,6 +119,10 @@ def missing_ddl(present: set[str], faults: frozenset[Fault] = frozenset()) -> li
     return stmts
 
 
+def _names(row: Any) -> set[str]:
+    return set(row[0]) if row else set()
+
+
 _LOCKED_PREAMBLE = (f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})",
                     f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
 _RETRIED = (errors.DeadlockDetected, errors.LockNotAvailable)
@@ -131,13 +136,13 @@ async def apply_schema(conn: psycopg.AsyncConnection[object],
             async with conn.transaction():
                 cur = await conn.execute(PRESENT_SQL, [_NAMES])
                 row = await cur.fetchone()
-                if not missing_ddl(set(row[0]) if row else set(), faults):
+                if not missing_ddl(_names(row), faults):
                     return
                 for stmt in _LOCKED_PREAMBLE:
                     await conn.execute(stmt)  # type: ignore[arg-type]
                 cur = await conn.execute(PRESENT_SQL, [_NAMES])  # after another's DDL
                 row = await cur.fetchone()
-                for stmt in missing_ddl(set(row[0]) if row else set(), faults):
+                for stmt in missing_ddl(_names(row), faults):
                     await conn.execute(stmt)  # type: ignore[arg-type]
             return
         except _RETRIED:
@@ -153,12 +158,12 @@ def apply_schema_sync(dsn: str, faults: frozenset[Fault] = frozenset()) -> None:
             try:
                 with conn.transaction():
                     row = conn.execute(PRESENT_SQL, [_NAMES]).fetchone()
-                    if not missing_ddl(set(row[0]) if row else set(), faults):
+                    if not missing_ddl(_names(row), faults):
                         return
                     for stmt in _LOCKED_PREAMBLE:
                         conn.execute(stmt)  # type: ignore[arg-type]
                     row = conn.execute(PRESENT_SQL, [_NAMES]).fetchone()
-                    for stmt in missing_ddl(set(row[0]) if row else set(), faults):
+                    for stmt in missing_ddl(_names(row), faults):
                         conn.execute(stmt)  # type: ignore[arg-type]
                 return
             except _RETRIED:

@@ -145,6 +145,13 @@ def test_a_tiny_bench_runs_every_section_and_writes_well_formed_results(
     assert service["server_409_ms"]["p50"] is not None
     assert service["winner_ttff_ms"]["median"] > 0
     assert service["verdicts"] == {"valid": 1, "invalid": 0, "unknown": 0}
+    assert service["last_409_ms"]["median"] == service["latency_409_ms"]["max"]  # 1 trial
+    cpu = service["cpu_per_loser_ms"]
+    assert set(cpu) == {"reference", "postgres", "harness", "total",
+                        "reference_floor_last_409_ms", "instances"}
+    assert cpu["instances"] == 1
+    assert all(cpu[g] >= 0 for g in ("reference", "postgres", "harness"))
+    assert cpu["reference_floor_last_409_ms"] == pytest.approx(cpu["reference"] * 49, abs=0.05)
 
     wall = s["wall"]
     assert wall["n"] == 3 and wall["runs"] == 1
