@@ -7,7 +7,9 @@ Every failure becomes :class:`ProviderError` with a message safe for clients (no
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -65,6 +67,23 @@ class ProviderStream:
     def __init__(self, response: httpx.Response, safe: Any) -> None:
         self._response = response
         self._safe = safe
+        network = response.extensions.get("network_stream")
+        self._socket: Any = None if network is None else network.get_extra_info("socket")
+
+    def abort(self) -> None:
+        """Shut the provider's connection down now, whatever its reader is doing: the provider
+        sees the disconnect at once and a pending read ends. (A duplicate of the descriptor is
+        shut down, so the event loop still owns and closes the original.)"""
+        sock = self._socket
+        fd = -1 if sock is None else sock.fileno()
+        if fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            dup = socket.fromfd(fd, sock.family, sock.type)
+            try:
+                dup.shutdown(socket.SHUT_RDWR)
+            finally:
+                dup.close()
 
     async def tokens(self) -> AsyncIterator[str]:
         done = False

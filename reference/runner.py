@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
@@ -105,7 +106,7 @@ class RunDriver:
                 async with self.gate.connection(run.claim) as conn:
                     messages = await store.history(conn, run.chat_id, run.message_id)
                 self.metrics.provider_calls += 1
-                stream = await self.provider.open(messages)
+                stream = await _open_unabandoned(self.provider, messages)
             async for token in stream.tokens():
                 if not text_started:
                     text_started = True
@@ -128,9 +129,7 @@ class RunDriver:
                     await relay_task
             else:
                 status, error = "aborted", run.stop_reason
-                relay_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await relay_task
+                await _end_relay(relay_task, lambda: stream)
         except asyncio.CancelledError:
             status, error = "aborted", "server shutting down"
             relay_task.cancel()
@@ -245,3 +244,48 @@ def _relay_outcome(task: asyncio.Task[None]) -> tuple[str, str | None]:
         return "failed", "The database is unavailable."
     log.error("run relay crashed", exc_info=exc)
     return "failed", "internal error"
+
+
+_RECANCEL_S = 0.05  # how long one cancel of the relay gets before it is repeated
+_CLOSERS: set[asyncio.Task[None]] = set()  # strong references until each close is done
+
+
+async def _open_unabandoned(provider: ProviderClient, messages: list[dict[str, str]],
+                            ) -> ProviderStream:
+    """``provider.open()``, except that a stop arriving while the call opens never abandons
+    it half-open: the opening goes on in the background and its stream is dropped at once.
+    (Cancelling httpx while it waits for the response head can leave the connection open,
+    and the provider would go on streaming to nobody.)"""
+    task = asyncio.ensure_future(provider.open(messages))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_drop_when_opened)
+        raise
+
+
+def _drop_when_opened(task: asyncio.Future[ProviderStream]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    stream = task.result()
+    stream.abort()
+    closer = asyncio.ensure_future(stream.aclose())
+    _CLOSERS.add(closer)
+    closer.add_done_callback(_CLOSERS.discard)
+
+
+async def _end_relay(task: asyncio.Task[None],
+                     current: Callable[[], ProviderStream | None]) -> None:
+    """Cancel the relay until it has ended, dropping the provider's connection whenever one
+    is open. One cancel is not enough: on Python 3.11 ``asyncio.wait_for`` (psycopg_pool
+    waits with it) can swallow a cancellation that lands as its inner wait completes, and the
+    relay would then go on to call the provider with nobody left to stop it. (Caught by the
+    disconnect-storm scenario: calls streaming on after their runs were stopped.)"""
+    while not task.done():
+        stream = current()
+        if stream is not None:
+            stream.abort()
+        task.cancel()
+        await asyncio.wait({task}, timeout=_RECANCEL_S)
+    if not task.cancelled():
+        task.exception()  # retrieved: an error after a stop changes nothing
