@@ -422,6 +422,8 @@ class Program:
         if not stops:
             self.meta["expected_content"] = "".join(ctx.provider.tokens)
 
+        seen_run = [False] * n
+
         async def client(i: int) -> None:
             racer = ctx.racer(race_text(nonces[i], "storm"), st.chats[i])
             point = rng.choice(("sent", "start", "token"))
@@ -438,6 +440,8 @@ class Program:
                             await ctx.provider.wait_called(nonces[i])  # type: ignore[union-attr]
                         reader.cancel_scope.cancel()
             await racer.aclose()
+            seen_run[i] = racer.response.stream is not None and bool(
+                racer.response.stream.run_id)
             self.rec.add("ok", "turn", P_PROBE + i, nonces[i],
                          {"status": racer.response.status, "dropped_at": point,
                           "run_id": racer.response.stream.run_id
@@ -448,12 +452,35 @@ class Program:
                 nursery.start_soon(client, i)
         if stops:  # each dropped client must stop its run: the provider sees every call end
             with trio.move_on_after(self.bound_s):
-                for nonce in nonces:
-                    await ctx.provider.wait_called(nonce)
-                    await ctx.provider.wait_disconnected(nonce)
+                for i, nonce in enumerate(nonces):
+                    if not seen_run[i]:
+                        # Dropped before any frame: the service may rightly never have begun
+                        # the turn (no call will come), or be ending a run it began.
+                        await self._called_or_idle(nonce, st.chats[i])
+                    if ctx.provider.calls_for(nonce):
+                        await ctx.provider.wait_disconnected(nonce)
+            # A call still open now went on after its client dropped: the stop never
+            # reached the provider (storm/runs-end says so).
+            self.meta["storm_calls_open"] = [
+                nonce for nonce in nonces
+                if any(not c.gone.is_set() for c in ctx.provider.calls_for(nonce))]
+            self.meta["storm_wait_s"] = self.bound_s
         await self.step_release_provider(step)
         for chat_id in st.chats[:n]:
             await self._final_run(P_OBSERVE, chat_id, "storm", self.bound_s)
+
+    async def _called_or_idle(self, nonce: str, chat_id: str) -> None:
+        """Until the provider has a call for ``nonce`` or the chat has no active run (a bounded
+        poll of the service's own view, by the caller's bound)."""
+        assert self.ctx.provider is not None
+        while not self.ctx.provider.calls_for(nonce):
+            try:
+                _, run, _ = await self.ctx.service.latest(chat_id)
+            except Exception:  # noqa: BLE001 - no answer: keep polling within the bound
+                run = {"status": "running"}
+            if run is None or run.get("status") not in ("pending", "running"):
+                return
+            await trio.sleep(0.05)  # polling the service's own view: no event to wait on
 
     async def _final_run(self, process: int, chat_id: str, phase: str, bound_s: float,
                          run_id: str | None = None) -> None:

@@ -342,6 +342,14 @@ def storm_runs_end(trial: Trial) -> CheckResult:
                 or message.get("content") != trial.meta["expected_content"]):
             bad.append((comp.index, f"run {run.get('id')} persisted "
                         f"{(message or {}).get('content')!r}, not the whole answer"))
+    still = set(trial.meta.get("storm_calls_open") or ())
+    if expect == "aborted" and still:
+        calls = [op.index for op in trial.ops
+                 if op.type == "invoke" and op.f == "turn" and op.nonce in still]
+        bad.append((calls[0] if calls else finals[0][0].index,
+                    f"{len(still)} provider call(s) still streaming "
+                    f"{trial.meta.get('storm_wait_s', '?')}s after their clients dropped "
+                    "(the stop never reached the provider)"))
     if bad:
         return CheckResult(prop, "invalid", f"{len(bad)} of {len(finals)} runs: "
                            + "; ".join(text for _, text in bad[:5]),
