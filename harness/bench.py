@@ -84,6 +84,7 @@ class Plan:
     scale_trials: int = 3
     synthetic_ops: int = 100_000
     wall_n: int = 50
+    service_instances: int = 1      # reference processes behind the service section's bursts
 
 
 FULL = Plan(sync_ns=(2, 10, 50, 200, 1000), sync_trials=7, sync_trials_large=3,
@@ -103,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
     parser.add_argument("--trials", type=int, metavar="K",
                         help="detection trials per cell (default 50, --quick 10)")
+    parser.add_argument("--service-instances", type=int, metavar="K",
+                        help="reference instances (processes on one database) for the service "
+                             "section; the burst is spread over them (default 1)")
     parser.add_argument("--seed", type=int, help="seed of the first trial (default random)")
 
 
@@ -112,6 +116,12 @@ def _parse(args: argparse.Namespace) -> tuple[Plan, tuple[str, ...]]:
         if args.trials < 1:
             raise ValueError(f"--trials: expected an integer >= 1, got {args.trials}")
         plan = replace(plan, detection_trials=args.trials)
+    instances = getattr(args, "service_instances", None)
+    if instances is not None:
+        if not 1 <= instances <= 8:
+            raise ValueError(f"--service-instances: expected an integer from 1 to 8, got "
+                             f"{instances}")
+        plan = replace(plan, service_instances=instances)
     sections = tuple(s.strip() for s in str(args.sections).split(",") if s.strip())
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
@@ -410,10 +420,10 @@ class Bench:
         return runs
 
     def _service(self, *, faults: Sequence[str] = (), server: str = "uvicorn",
-                 ) -> Any:
+                 instances: int = 1) -> Any:
         assert self.cluster is not None
         return reference_service(self.cluster, self.provider.base_url, faults=faults,
-                                 server=server)
+                                 server=server, instances=instances)
 
     def _modes(self) -> list[tuple[str, str]]:
         """(server, sync mode) pairs to measure: HTTP/1.1 modes on uvicorn (the reference's
@@ -455,7 +465,7 @@ class Bench:
 
     async def service(self) -> dict[str, Any]:
         n, k = 50, self.plan.service_trials
-        async with self._service() as service:
+        async with self._service(instances=self.plan.service_instances) as service:
             assert self.cluster is not None
             postmaster = self.cluster.postmaster_pid() or await trio.to_thread.run_sync(
                 local_postmaster_pid, self.cluster.dsn)

@@ -30,7 +30,8 @@ from harness.history import Op, Trial
 
 TINY = Plan(sync_ns=(2, 5), sync_trials=1, sync_trials_large=1, detection_ns=(2,),
             detection_trials=2, service_trials=1, cold_runs=1, scale_n=12, scale_chats=3,
-            scale_per_chat=2, scale_trials=1, synthetic_ops=3000, wall_n=3)
+            scale_per_chat=2, scale_trials=1, synthetic_ops=3000, wall_n=3,
+            service_instances=2)
 
 
 @pytest.fixture
@@ -98,6 +99,8 @@ def test_a_synthetic_history_clones_losers_and_stays_checkable() -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--sections", "sync,nope"], "--sections: unknown section(s) nope"),
     (["--trials", "0"], "--trials: expected an integer >= 1, got 0"),
+    (["--service-instances", "9"], "--service-instances: expected an integer from 1 to 8, "
+                                   "got 9"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,9 +152,10 @@ def test_a_tiny_bench_runs_every_section_and_writes_well_formed_results(
     cpu = service["cpu_per_loser_ms"]
     assert set(cpu) == {"reference", "postgres", "harness", "total",
                         "reference_floor_last_409_ms", "instances"}
-    assert cpu["instances"] == 1
+    assert cpu["instances"] == 2  # the burst spread over two reference processes
     assert all(cpu[g] >= 0 for g in ("reference", "postgres", "harness"))
-    assert cpu["reference_floor_last_409_ms"] == pytest.approx(cpu["reference"] * 49, abs=0.05)
+    assert cpu["reference_floor_last_409_ms"] == pytest.approx(cpu["reference"] * 49 / 2,
+                                                               abs=0.05)
 
     wall = s["wall"]
     assert wall["n"] == 3 and wall["runs"] == 1
