@@ -53,6 +53,9 @@ def test_each_deterministic_fault_is_caught_by_its_scenario(
     report = json.loads(capsys.readouterr().out)
     caught = {p for p, v in report["properties"].items() if v["verdict"] == "invalid"}
     assert caught & set(expected), report["properties"]
+    # every scenario named for the fault catches it on its own (the outage one mid-race too)
+    assert {name: s["verdict"] for name, s in report["scenarios"].items()} == {
+        name: "invalid" for name in scenarios}
     assert code == 1
 
 

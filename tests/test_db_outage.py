@@ -4,9 +4,9 @@ An outage here is what a stopped Postgres does to one service: every backend con
 database is terminated and new connections are refused (``harness.embedded.database_down``),
 on the session's shared server, never stopping it.
 
-- End to end: ``untracked-on-begin-failure`` caught by the ``db-outage-mid-race`` scenario
-  against the embedded reference (its own process). That both outage scenarios are valid
-  against the correct reference is checked with the whole catalogue in test_conformance.
+- End to end, in test_conformance: both outage scenarios valid against the correct reference
+  (with the whole catalogue), and ``untracked-on-begin-failure`` caught by ``db-outage`` and
+  by ``db-outage-mid-race`` each.
 - In process: a run whose database goes mid-stream ends its stream cleanly at once and is
   recorded once the database is back; a turn during the outage is refused 503.
 - The gate: a settle whose database is down completes after it returns (or gives up, bounded);
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -36,7 +35,6 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 from refkit import Api, FakeProvider, make_settings, running_reference
 
-from harness.cli import main
 from harness.embedded import database_down, database_up
 from harness.postgres import PostgresCluster
 from reference.gate import Claim, Gate
@@ -62,28 +60,6 @@ async def outage(cluster: PostgresCluster, dsn: str) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.to_thread(database_up, cluster.dsn, name)
-
-
-# -- end to end: the scenarios -------------------------------------------------------------------
-
-@pytest.fixture
-def embedded_db(monkeypatch: pytest.MonkeyPatch, pg_empty_dsn: str) -> str:
-    """The embedded stack on the session's server: each service creates a database of its own
-    there, which is what the outage takes away."""
-    monkeypatch.setenv("HARNESS_PG_DSN", pg_empty_dsn)
-    return pg_empty_dsn
-
-
-@pytest.mark.timeout(300)
-def test_the_mid_race_outage_catches_untracked_on_begin_failure(
-        embedded_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """The turns inside the gate when the database goes hit the legacy fallback: a 200 stream
-    with no run. (The turns that arrive while it is down fail earlier, at the chat lookup.)"""
-    code = main(["run", "db-outage-mid-race", "--fault", "untracked-on-begin-failure", "--json"])
-    report = json.loads(capsys.readouterr().out)
-    assert report["properties"]["outage/fails-closed"]["verdict"] == "invalid"
-    assert report["properties"]["outage/runs-settle"]["verdict"] == "valid"
-    assert code == 1
 
 
 # -- in process: the runner and the turn during an outage ---------------------------------------
