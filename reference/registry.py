@@ -18,7 +18,6 @@ retries) stops being renewed, so its lease expires and the reaper ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ from uuid import UUID
 
 import psycopg
 
+from reference.aio import cancel_until_done
 from reference.gate import Gate
 from reference.metrics import Metrics
 from reference.runner import LiveRun
@@ -119,10 +119,7 @@ class Registry:
     async def close(self) -> None:
         await self.abort_all("server shutting down")
         for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_until_done(task)  # a loop inside the pool can lose one cancel
         self._loops.clear()
 
     async def _every(self, interval_s: float, duty: Callable[[], Awaitable[None]]) -> None:

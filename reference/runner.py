@@ -28,6 +28,7 @@ from uuid import UUID, uuid4
 import psycopg
 
 from reference import frames, store
+from reference.aio import cancel_until_done
 from reference.errors import ProviderError
 from reference.faults import Fault
 from reference.gate import Claim, Gate
@@ -246,7 +247,6 @@ def _relay_outcome(task: asyncio.Task[None]) -> tuple[str, str | None]:
     return "failed", "internal error"
 
 
-_RECANCEL_S = 0.05  # how long one cancel of the relay gets before it is repeated
 _CLOSERS: set[asyncio.Task[None]] = set()  # strong references until each close is done
 
 
@@ -277,15 +277,12 @@ def _drop_when_opened(task: asyncio.Future[ProviderStream]) -> None:
 async def _end_relay(task: asyncio.Task[None],
                      current: Callable[[], ProviderStream | None]) -> None:
     """Cancel the relay until it has ended, dropping the provider's connection whenever one
-    is open. One cancel is not enough: on Python 3.11 ``asyncio.wait_for`` (psycopg_pool
-    waits with it) can swallow a cancellation that lands as its inner wait completes, and the
-    relay would then go on to call the provider with nobody left to stop it. (Caught by the
-    disconnect-storm scenario: calls streaming on after their runs were stopped.)"""
-    while not task.done():
+    is open. One cancel is not enough (see ``reference.aio``): the relay would then go on to
+    call the provider with nobody left to stop it. (Caught by the disconnect-storm scenario:
+    calls streaming on after their runs were stopped.)"""
+    def drop() -> None:
         stream = current()
         if stream is not None:
             stream.abort()
-        task.cancel()
-        await asyncio.wait({task}, timeout=_RECANCEL_S)
-    if not task.cancelled():
-        task.exception()  # retrieved: an error after a stop changes nothing
+
+    await cancel_until_done(task, drop)
