@@ -116,7 +116,7 @@ def _parse(args: argparse.Namespace) -> tuple[Plan, tuple[str, ...]]:
         if args.trials < 1:
             raise ValueError(f"--trials: expected an integer >= 1, got {args.trials}")
         plan = replace(plan, detection_trials=args.trials)
-    instances = getattr(args, "service_instances", None)
+    instances = args.service_instances
     if instances is not None:
         if not 1 <= instances <= 8:
             raise ValueError(f"--service-instances: expected an integer from 1 to 8, got "
@@ -370,11 +370,17 @@ class Bench:
         print(f"bench: {text}", file=sys.stderr, flush=True)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:  # an interrupted run writes what it measured, dated too
+            for section in self.result["sections"].values():
+                section.setdefault("measured", self.result["started"])
+
+    async def _run(self) -> None:
         self.result["machine"]["open_files_limit"] = raise_open_files_limit(
             4 * max(self.plan.sync_ns + (self.plan.scale_n,)) + 512)
         if "wall" in self.sections:  # fresh processes first, before this one warms anything
             self.result["sections"]["wall"] = await self.wall()
-            self.result["sections"]["wall"]["measured"] = self.result["started"]
         async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
             await nursery.start(raise_on_signal)
             await nursery.start(self.provider.serve, "127.0.0.1", 0)
@@ -385,7 +391,6 @@ class Bench:
                 if name in self.sections:
                     self._progress(f"section {name}")
                     self.result["sections"][name] = await getattr(self, name)()
-                    self.result["sections"][name]["measured"] = self.result["started"]
             nursery.cancel_scope.cancel()
 
     # -- running trials ------------------------------------------------------------------

@@ -13,6 +13,8 @@ import resource
 from collections.abc import Iterable
 from pathlib import Path
 
+import psycopg
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 Snapshot = dict[str, dict[int, float]]
@@ -47,8 +49,6 @@ def local_postmaster_pid(dsn: str) -> int | None:
     """The postmaster of the server behind ``dsn`` when it runs on this machine: the parent
     of the backend serving a connection (checked to be a ``postgres`` process); None when the
     server is elsewhere or cannot be told apart."""
-    import psycopg  # noqa: PLC0415 - only the bench needs it here
-
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         host = conn.info.host
         row = conn.execute("SELECT pg_backend_pid()").fetchone()

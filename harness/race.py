@@ -23,7 +23,7 @@ import trio
 
 from harness.checkers import SINGLE_CHAT_RACE, CheckResult, check_trial, worst
 from harness.embedded import EmbeddedService, embedded_postgres, reference_service
-from harness.engine import RaceConfig, TrialContext, default_losers_fast_bound_ms
+from harness.engine import RaceConfig, TrialContext, losers_fast_bound_ms
 from harness.fake_provider import FakeProvider
 from harness.history import HistoryWriter, Trial
 from harness.observe import DbObserver, ServiceClient
@@ -264,8 +264,8 @@ def _outcome(opts: RaceOptions, scenarios: Sequence[Scenario], base_seed: int,
               "target": "embedded" if opts.target is None else opts.target.base_url,
               "provider_access": opts.target is None or opts.provider_listen is not None,
               "db_access": opts.target is None or opts.dsn is not None,
-              "losers_fast_bound_ms": opts.config.losers_fast_bound_ms
-              or default_losers_fast_bound_ms(opts.n or opts.config.n)}
+              "losers_fast_bound_ms": losers_fast_bound_ms(
+                  replace(opts.config, n=opts.n or opts.config.n))}
     report = build_report(trials, results, config=config,
                           reproduce=reproduce_line(opts, base_seed, scenarios=names))
     for summary in report["trials"]:

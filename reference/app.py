@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import select
@@ -30,7 +31,7 @@ from reference.provider import ProviderClient
 from reference.registry import STOP_CHANNEL, Registry
 from reference.runner import RunDriver
 from reference.runtime import Runtime
-from reference.schema import RUN_STATUSES, apply_schema
+from reference.schema import RUN_STATUSES, apply_schema_sync
 from reference.settings import Settings
 from reference.stream_response import RunStreamResponse
 from reference.turn import start_turn
@@ -246,9 +247,9 @@ def create_app(settings: Settings, *,
         pool_ref.append(pool)
         await pool.open(wait=True, timeout=30.0)
         try:
-            if settings.apply_schema:
-                async with pool.connection() as conn:
-                    await apply_schema(conn, settings.faults)
+            if settings.apply_schema:  # start-up only: its own connection, in a thread
+                await asyncio.to_thread(apply_schema_sync, settings.database_url,
+                                        settings.faults)
             gate = Gate(pool, instance_id=settings.instance_id, lease_s=settings.lease_s,
                         faults=settings.faults)
             provider = ProviderClient(settings, transport=provider_transport)

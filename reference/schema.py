@@ -12,7 +12,6 @@ at once), with a lock timeout, retried when it loses a deadlock or times out on 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -128,31 +127,9 @@ _LOCKED_PREAMBLE = (f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})",
 _RETRIED = (errors.DeadlockDetected, errors.LockNotAvailable)
 
 
-async def apply_schema(conn: psycopg.AsyncConnection[object],
-                       faults: frozenset[Fault] = frozenset()) -> None:
-    """Create whatever table or index is missing (nothing is locked when none is)."""
-    for attempt in range(DDL_ATTEMPTS):
-        try:
-            async with conn.transaction():
-                cur = await conn.execute(PRESENT_SQL, [_NAMES])
-                row = await cur.fetchone()
-                if not missing_ddl(_names(row), faults):
-                    return
-                for stmt in _LOCKED_PREAMBLE:
-                    await conn.execute(stmt)  # type: ignore[arg-type]
-                cur = await conn.execute(PRESENT_SQL, [_NAMES])  # after another's DDL
-                row = await cur.fetchone()
-                for stmt in missing_ddl(_names(row), faults):
-                    await conn.execute(stmt)  # type: ignore[arg-type]
-            return
-        except _RETRIED:
-            if attempt == DDL_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(DDL_BACKOFF_S * 2 ** attempt)
-
-
 def apply_schema_sync(dsn: str, faults: frozenset[Fault] = frozenset()) -> None:
-    """The same, for synchronous callers (tests, the CLI)."""
+    """Create whatever table or index is missing (nothing is locked when none is). The one
+    implementation: the server runs it in a thread at start-up."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         for attempt in range(DDL_ATTEMPTS):
             try:

@@ -342,4 +342,5 @@ def wait_until_ready(url: str, proc: Any, log_path: Any, timeout_s: float = 30.0
                 if client.get(url + "/healthz").status_code == 200:
                     return
             except httpx.TransportError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)  # not ready (no answer, or not 200 yet): probe again shortly

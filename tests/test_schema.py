@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import httpx
 import psycopg
 import pytest
+from refkit import make_settings, running_reference
 
 from reference.faults import Fault
 from reference.schema import (
     GATE_INDEX,
     SCHEMA_RELATIONS,
-    apply_schema,
     apply_schema_sync,
     missing_ddl,
 )
@@ -58,10 +59,12 @@ def test_a_restart_takes_no_table_lock_when_the_schema_is_there(
 
 
 @pytest.mark.anyio
-async def test_the_async_path_takes_no_table_lock_either(
+async def test_a_server_starting_next_to_live_traffic_takes_no_table_lock(
         pg_dsn: str, writer: psycopg.Connection[object]) -> None:
-    async with await psycopg.AsyncConnection.connect(with_lock_timeout(pg_dsn)) as conn:
-        await apply_schema(conn)
+    """The server's own start-up path (create_app's lifespan applies the schema)."""
+    async with running_reference(make_settings(with_lock_timeout(pg_dsn)), None) as ref, \
+            httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(ref.url + "/healthz")).status_code == 200
     assert relations(pg_dsn) == {*SCHEMA_RELATIONS, GATE_INDEX}
 
 
