@@ -24,7 +24,7 @@ from reference import store
 from reference.arrival import ArrivalTimestamps
 from reference.auth import Authenticator, bearer_token
 from reference.faults import Fault
-from reference.gate import Gate
+from reference.gate import Gate, prepare_connection
 from reference.metrics import Metrics
 from reference.openapi import OPENAPI
 from reference.provider import ProviderClient
@@ -235,21 +235,23 @@ def create_app(settings: Settings, *,
             log.warning("FAULTS ENABLED: %s — this server is deliberately broken",
                         ", ".join(sorted(f.value for f in settings.faults)))
             log.warning("!" * 72)
+        if settings.apply_schema:  # start-up only, on its own connection, in a thread; before
+            # the pool opens, since each pooled connection prepares statements on these tables
+            await asyncio.to_thread(apply_schema_sync, settings.database_url, settings.faults)
         # check: a connection whose backend was terminated (a database outage) is replaced
-        # before use instead of failing the request that gets it.
+        # before use instead of failing the request that gets it. configure: generic plans,
+        # and the hot statements prepared before the connection is first lent.
         pool_ref: list[AsyncConnectionPool] = []
         pool = AsyncConnectionPool(settings.database_url, min_size=settings.pool_min_size,
                                    max_size=settings.pool_max_size,
                                    timeout=settings.pool_timeout_s, open=False,
                                    check=suspect_connection_check(pool_ref),
+                                   configure=prepare_connection,
                                    reconnect_timeout=settings.pool_reconnect_timeout_s,
                                    name=f"reference-{settings.instance_id}")
         pool_ref.append(pool)
         await pool.open(wait=True, timeout=30.0)
         try:
-            if settings.apply_schema:  # start-up only: its own connection, in a thread
-                await asyncio.to_thread(apply_schema_sync, settings.database_url,
-                                        settings.faults)
             gate = Gate(pool, instance_id=settings.instance_id, lease_s=settings.lease_s,
                         faults=settings.faults)
             provider = ProviderClient(settings, transport=provider_transport)

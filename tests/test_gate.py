@@ -14,12 +14,12 @@ from uuid import UUID
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from refkit import wait_for_lock_wait
 
 from harness.postgres import PostgresCluster
 from reference.errors import RunAlreadyActiveError, RunBeginFailedError
-from reference.gate import Claim, Gate, PrecheckResult
+from reference.gate import Claim, Gate, PrecheckResult, prepare_connection
 
 pytestmark = pytest.mark.anyio
 
@@ -406,3 +406,54 @@ async def test_mark_stop_requested_never_touches_a_terminal_run(pg_dsn: str) -> 
     assert (marked, unknown) == (False, False)
     assert run_row(pg_dsn, claim.run_id) == before
     assert before["stop_requested_at"] is None
+
+
+# -- pooled connections: readied before they are lent ------------------------------------------
+
+async def test_a_pooled_connection_is_lent_with_generic_plans_and_the_gate_prepared(
+        pg_dsn: str) -> None:
+    """``prepare_connection`` (the reference pool's ``configure``): the first pre-check on a
+    new connection runs a prepared generic plan, not a parse and five custom plans; the
+    connection is lent idle, in the pool's autocommit mode."""
+    user, (chat, _) = seed(pg_dsn)
+    pool = AsyncConnectionPool(pg_dsn, min_size=1, max_size=1, open=False,
+                               configure=prepare_connection)
+    await pool.open(wait=True, timeout=30.0)
+    try:
+        async with pool.connection() as conn:
+            assert conn.autocommit is False
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            cur = await conn.execute("SHOW plan_cache_mode")
+            assert await cur.fetchone() == ("force_generic_plan",)
+            cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = {" ".join(s.split()) for (s,) in await cur.fetchall()}
+            await conn.rollback()
+        assert len(prepared) == 2
+        assert any("reclaimed AS" in s for s in prepared)  # the pre-check
+        assert any(s.startswith("SELECT id FROM ai_chat_runs") for s in prepared)  # the holder
+        gate = Gate(pool, instance_id=INSTANCE, lease_s=LEASE_S, faults=frozenset())
+        claim = await gate.begin(chat_id=chat, user_id=user)
+        assert claim is not None
+        admission = await gate.admit(chat, user)  # through the prepared statement
+        assert (admission.owner, admission.active_id) == (user, claim.run_id)
+        async with pool.connection() as conn:  # still two: the pre-check was not prepared anew
+            cur = await conn.execute("SELECT count(*) FROM pg_prepared_statements "
+                                     "WHERE statement LIKE '%%reclaimed AS%%'")
+            assert await cur.fetchone() == (1,)
+    finally:
+        await pool.close(timeout=5.0)
+
+
+async def test_a_connection_that_cannot_be_readied_is_never_lent(pg_dsn: str) -> None:
+    """Without the schema the preparation fails: the pool discards the connection rather
+    than lend one that would fail the request."""
+    sql(pg_dsn, "ALTER TABLE ai_chat_runs RENAME TO ai_chat_runs_gone")
+    pool = AsyncConnectionPool(pg_dsn, min_size=1, max_size=1, timeout=1.0, open=False,
+                               configure=prepare_connection)
+    await pool.open(wait=False)
+    try:
+        with pytest.raises(PoolTimeout):
+            async with pool.connection():
+                pass
+    finally:
+        await pool.close(timeout=5.0)
