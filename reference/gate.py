@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
@@ -151,15 +151,29 @@ class Gate:
 
     # -- guards ---------------------------------------------------------------------------
 
-    async def admit(self, chat_id: UUID, user_id: UUID | None) -> Admission:
+    def turn_connection(self) -> AbstractAsyncContextManager[AsyncConn]:
+        """One pooled connection, in autocommit, for everything a turn does before it streams:
+        the pre-check, the gate INSERT and the turn's first rows.
+
+        One checkout on purpose. The pool queues its waiters in order, so a turn that gave its
+        connection back after the pre-check would wait for its INSERT behind the pre-check of
+        every request of the burst. Every pre-check would then pass before any INSERT was
+        made, and all N-1 losers would reach the gate. With one checkout, the winner's INSERT
+        follows its own pre-check, and the rest of a burst is answered by the pre-check."""
+        return _autocommit(self.pool)
+
+    async def admit(self, chat_id: UUID, user_id: UUID | None, *,
+                    conn: AsyncConn | None = None) -> Admission:
         """The pre-check, in one autocommit round trip: the chat's owner, the reclaim of an
         expired holder (only when ``user_id`` owns the chat, or no user is given), and the
         active holder left. Never raises for a conflict: the caller answers 403 before 409.
 
         One statement sees one snapshot, so the holder query excludes the rows it reclaims,
         and an expired holder someone else reclaimed meanwhile is looked up again. The
-        pre-check is only the fast path: the INSERT below is the gate."""
-        async with _autocommit(self.pool) as conn:
+        pre-check is only the fast path: the INSERT below is the gate.
+
+        ``conn``: the turn's connection (:meth:`turn_connection`); one of the pool otherwise."""
+        async with _lent(conn, self.pool) as conn:
             cur = await conn.execute(_ADMIT, {"chat_id": chat_id, "user_id": user_id},
                                      prepare=True)  # planned once per connection
             row = await cur.fetchone()
@@ -183,9 +197,12 @@ class Gate:
             raise RunAlreadyActiveError(chat_id, admission.active_id, "precheck")
         return PrecheckResult(reclaimed=admission.reclaimed)
 
-    async def begin(self, *, chat_id: UUID, user_id: UUID,
-                    run_id: UUID | None = None) -> Claim | None:
+    async def begin(self, *, chat_id: UUID, user_id: UUID, run_id: UUID | None = None,
+                    conn: AsyncConn | None = None) -> Claim | None:
         """Insert the run row; the unique index decides who wins.
+
+        ``conn``: the turn's connection, in autocommit (:meth:`turn_connection`); one of the
+        pool otherwise. The claim-held-open fault always takes a connection of its own.
 
         Returns the claim, or ``None`` only under the swallow-unique-violation fault.
         """
@@ -200,7 +217,7 @@ class Gate:
         try:
             # Autocommit: the INSERT commits by itself (one round trip), and a loser looks up
             # the holder on the same connection instead of queueing for another.
-            async with _autocommit(self.pool) as conn:
+            async with _lent(conn, self.pool) as conn:
                 try:
                     cur = await conn.execute(_INSERT_RUN, params, prepare=True)
                     row = await cur.fetchone()
@@ -264,14 +281,21 @@ class Gate:
     # -- the run's own connection ---------------------------------------------------------
 
     @asynccontextmanager
-    async def connection(self, claim: Claim | None) -> AsyncIterator[AsyncConn]:
+    async def connection(self, claim: Claim | None,
+                         conn: AsyncConn | None = None) -> AsyncIterator[AsyncConn]:
         """A connection for the run's writes: a transaction committed at exit.
 
-        Under claim-held-open the run's open transaction is used instead (not committed here).
+        ``conn``: the turn's autocommit connection (:meth:`turn_connection`), used for the
+        transaction instead of another checkout. Under claim-held-open the run's open
+        transaction is used instead (not committed here).
         """
         if claim is not None and claim.held_conn is not None:
             async with claim.held_lock:
                 yield claim.held_conn
+            return
+        if conn is not None:
+            async with conn.transaction():
+                yield conn
             return
         async with self.pool.connection() as conn:
             yield conn
@@ -431,6 +455,16 @@ async def _holder_on(conn: AsyncConn, chat_id: UUID) -> UUID | None:
     cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,), prepare=True)
     row = await cur.fetchone()
     return None if row is None else row[0]  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def _lent(conn: AsyncConn | None, pool: AsyncConnectionPool) -> AsyncIterator[AsyncConn]:
+    """``conn`` as it is (the caller's, in autocommit), or an autocommit one from the pool."""
+    if conn is not None:
+        yield conn
+        return
+    async with _autocommit(pool) as own:
+        yield own
 
 
 @asynccontextmanager

@@ -3,10 +3,14 @@
 Order: ownership (403) → pre-check (409) → new chat row → begin, the gate (409 / 503) →
 message rows → 200 and the ``start`` frame. A rejected turn writes nothing and calls no
 provider — except where a fault switch (marked ``# FAULT:``) re-introduces a known bug.
+
+All of it runs on one pooled connection (``Gate.turn_connection``), given back before the run
+streams: a burst's INSERTs do not queue behind the other requests' pre-checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from uuid import UUID
 
@@ -15,7 +19,7 @@ import psycopg
 from reference import frames, store
 from reference.errors import ProviderError, RunAlreadyActiveError, RunBeginFailedError
 from reference.faults import Fault
-from reference.gate import Admission, Claim
+from reference.gate import Admission, AsyncConn, Claim
 from reference.provider import ProviderStream
 from reference.runner import LiveRun
 from reference.runtime import Runtime
@@ -29,27 +33,32 @@ async def start_turn(rt: Runtime, user_id: UUID, turn: TurnInput) -> LiveRun:
     faults = rt.settings.faults
     chat_id = turn.chat_id
     admission: Admission | None = None
-    try:
-        if chat_id is not None:
-            # Ownership and the pre-check in one round trip; 403 is decided before 409.
-            admission = await rt.gate.admit(chat_id, user_id)
-            if admission.owner != user_id:
-                raise forbidden()
-    except psycopg.Error as exc:
-        log.error("stream: chat lookup failed: %s", type(exc).__name__)
-        rt.metrics.begin_failures += 1
-        raise begin_failed() from exc
-
     early_message_id: UUID | None = None
     provider_stream: ProviderStream | None = None
     try:
-        if chat_id is not None and Fault.PERSIST_BEFORE_GATE in faults:
-            early_message_id = await _persist_user_message(rt, chat_id, user_id, turn.user_text)
-        chat_id, claim, provider_stream, early = await _begin(rt, chat_id, user_id, turn, faults,
-                                                              admission)
-        early_message_id = early_message_id or early
-        message_id = await _persist_turn(rt, claim, chat_id, user_id, turn.user_text,
-                                         early_message_id)
+        async with contextlib.AsyncExitStack() as stack:
+            try:  # no connection to be had (the pool timed out, the database down) is a 503
+                conn = await stack.enter_async_context(rt.gate.turn_connection())
+                if chat_id is not None:
+                    # Ownership and the pre-check in one round trip; 403 is decided before 409.
+                    admission = await rt.gate.admit(chat_id, user_id, conn=conn)
+                    if admission.owner != user_id:
+                        raise forbidden()
+            except psycopg.Error as exc:
+                log.error("stream: chat lookup failed: %s", type(exc).__name__)
+                rt.metrics.begin_failures += 1
+                raise begin_failed() from exc
+            if chat_id is not None and Fault.PERSIST_BEFORE_GATE in faults:
+                early_message_id = await _persist_user_message(conn, chat_id, user_id,
+                                                               turn.user_text)
+            chat_id, claim, provider_stream, early = await _begin(
+                rt, conn, chat_id, user_id, turn, faults, admission)
+            early_message_id = early_message_id or early
+            message_id, failure = await _persist_turn(rt, conn, claim, chat_id, user_id,
+                                                      turn.user_text, early_message_id)
+        if failure is not None:
+            assert claim is not None
+            await _release_failed_turn(rt, claim, failure)
         run = LiveRun(chat_id=chat_id, user_id=user_id, claim=claim, message_id=message_id,
                       provider_stream=provider_stream)
         provider_stream = None  # the run owns it now
@@ -64,8 +73,8 @@ async def start_turn(rt: Runtime, user_id: UUID, turn: TurnInput) -> LiveRun:
             await provider_stream.aclose()
 
 
-async def _begin(rt: Runtime, chat_id: UUID | None, user_id: UUID, turn: TurnInput,
-                 faults: frozenset[Fault], admission: Admission | None,
+async def _begin(rt: Runtime, conn: AsyncConn, chat_id: UUID | None, user_id: UUID,
+                 turn: TurnInput, faults: frozenset[Fault], admission: Admission | None,
                  ) -> tuple[UUID, Claim | None, ProviderStream | None, UUID | None]:
     """Pre-check verdict, new chat, gate. Returns (chat id, claim or None if untracked,
     stream, msg)."""
@@ -76,15 +85,14 @@ async def _begin(rt: Runtime, chat_id: UUID | None, user_id: UUID, turn: TurnInp
             rt.metrics.conflicts["precheck"] += 1
             raise conflict(RunAlreadyActiveError(chat_id, admission.active_id, "precheck"))
         if Fault.PROVIDER_BEFORE_GATE in faults:
-            provider_stream = await _open_provider_early(rt, chat_id, turn.user_text)
+            provider_stream = await _open_provider_early(rt, conn, chat_id, turn.user_text)
         if chat_id is None:
-            async with rt.pool.connection() as conn:
-                chat_id = await store.create_chat(conn, user_id, turn.user_text)
+            chat_id = await store.create_chat(conn, user_id, turn.user_text)
             if Fault.PERSIST_BEFORE_GATE in faults:
-                early_message_id = await _persist_user_message(rt, chat_id, user_id,
+                early_message_id = await _persist_user_message(conn, chat_id, user_id,
                                                                turn.user_text)
         try:
-            claim = await rt.gate.begin(chat_id=chat_id, user_id=user_id)
+            claim = await rt.gate.begin(chat_id=chat_id, user_id=user_id, conn=conn)
         except RunAlreadyActiveError as exc:
             rt.metrics.conflicts["gate"] += 1
             raise conflict(exc) from exc
@@ -105,13 +113,12 @@ async def _begin(rt: Runtime, chat_id: UUID | None, user_id: UUID, turn: TurnInp
     return chat_id, claim, provider_stream, early_message_id
 
 
-async def _open_provider_early(rt: Runtime, chat_id: UUID | None,
+async def _open_provider_early(rt: Runtime, conn: AsyncConn, chat_id: UUID | None,
                                user_text: str) -> ProviderStream | None:
     # FAULT: provider-before-gate — the provider request goes out before the run row exists.
     messages: list[dict[str, str]] = []
     if chat_id is not None:
-        async with rt.pool.connection() as conn:
-            messages = await store.history(conn, chat_id, None)
+        messages = await store.history(conn, chat_id, None)
     messages.append({"role": "user", "content": user_text})
     rt.metrics.provider_calls += 1
     try:
@@ -121,31 +128,39 @@ async def _open_provider_early(rt: Runtime, chat_id: UUID | None,
         return None
 
 
-async def _persist_user_message(rt: Runtime, chat_id: UUID, user_id: UUID, text: str) -> UUID:
+async def _persist_user_message(conn: AsyncConn, chat_id: UUID, user_id: UUID,
+                                text: str) -> UUID:
     # FAULT: persist-before-gate — the user message is written before the gate decides.
-    async with rt.pool.connection() as conn:
-        return await store.insert_user_message(conn, chat_id, user_id, text)
+    return await store.insert_user_message(conn, chat_id, user_id, text)
 
 
-async def _persist_turn(rt: Runtime, claim: Claim | None, chat_id: UUID, user_id: UUID,
-                        text: str, early_message_id: UUID | None) -> UUID | None:
-    """The user message and the seeded assistant message, linked to the run."""
+async def _persist_turn(rt: Runtime, conn: AsyncConn, claim: Claim | None, chat_id: UUID,
+                        user_id: UUID, text: str, early_message_id: UUID | None,
+                        ) -> tuple[UUID | None, Exception | None]:
+    """The user message and the seeded assistant message, linked to the run, in one
+    transaction. Returns (message id, None), or (None, the failure) when a claimed run must be
+    released — by the caller, once the turn's connection is back in the pool."""
     try:
-        async with rt.gate.connection(claim) as conn:
+        async with rt.gate.connection(claim, conn) as tx:
             if early_message_id is None:
-                await store.insert_user_message(conn, chat_id, user_id, text)
+                await store.insert_user_message(tx, chat_id, user_id, text)
             return await store.seed_assistant_message(
-                conn, chat_id, None if claim is None else claim.run_id)
+                tx, chat_id, None if claim is None else claim.run_id), None
     except Exception as exc:  # any failure after the gate must release the run it claimed
         if claim is None:
-            return None  # the untracked fault path streams whatever happens
-        log.error("persisting the turn of run %s failed: %s", claim.run_id, type(exc).__name__)
-        try:
-            await rt.gate.settle(claim, status="failed", error="could not persist the turn",
-                                 content="", message_id=None, message_status="error",
-                                 step_count=0, stop_requested=False)
-        except psycopg.Error:
-            log.exception("could not release run %s; its lease will", claim.run_id)
-        await rt.gate.release_claim(claim)
-        rt.metrics.begin_failures += 1
-        raise begin_failed() from exc
+            return None, None  # the untracked fault path streams whatever happens
+        return None, exc
+
+
+async def _release_failed_turn(rt: Runtime, claim: Claim, exc: Exception) -> None:
+    """End a run whose turn could not be persisted, and answer 503."""
+    log.error("persisting the turn of run %s failed: %s", claim.run_id, type(exc).__name__)
+    try:
+        await rt.gate.settle(claim, status="failed", error="could not persist the turn",
+                             content="", message_id=None, message_status="error",
+                             step_count=0, stop_requested=False)
+    except psycopg.Error:
+        log.exception("could not release run %s; its lease will", claim.run_id)
+    await rt.gate.release_claim(claim)
+    rt.metrics.begin_failures += 1
+    raise begin_failed() from exc

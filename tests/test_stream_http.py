@@ -9,7 +9,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from refkit import Api, FakeProvider, make_settings, running_reference, turn_through_gate
+from refkit import (
+    Api,
+    FakeProvider,
+    make_settings,
+    running_reference,
+    turn_body,
+    turn_through_gate,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -158,3 +165,57 @@ async def test_gate_rejection_writes_nothing_and_calls_no_provider(
     assert after["ai_chat_runs"] == before["ai_chat_runs"] + 1  # only the test's holder
     assert after["ai_chat_messages"] == before["ai_chat_messages"]
     assert 'ai_chat_run_conflicts_total{path="gate"} 1' in metrics
+
+
+async def test_a_burst_past_the_pool_is_answered_by_the_precheck(
+        pg_dsn: str, users: dict[str, str]) -> None:
+    """A turn keeps one connection from its pre-check through its INSERT. At the instant the
+    winner's INSERT commits, at most ``pool_max_size`` turns hold a connection, the winner's
+    among them; only those can have passed a pre-check that ran before it. So at most
+    ``pool_max_size - 1`` losers reach the gate, whatever the arrival order. A turn that gave
+    its connection back after the pre-check queued for its INSERT behind every other
+    request's pre-check, and nearly every loser of a burst reached the gate."""
+    from reference.auth import ensure_user_sync
+
+    pool, n = 3, 24
+    alice = ensure_user_sync(pg_dsn, "alice", users["alice"])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO ai_chats (creator_id, title) VALUES (%s, 'burst') "
+                           "RETURNING id", (alice,)).fetchone()
+    assert row is not None
+    chat_id = str(row[0])
+    provider = FakeProvider(mode="hold")  # the winner streams until the burst is answered
+    settings = make_settings(pg_dsn, pool_min_size=1, pool_max_size=pool)
+    async with running_reference(settings, provider) as ref, \
+            httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as client:
+        answered: list[int] = []
+        all_others_answered = asyncio.Event()
+
+        async def one(i: int) -> int:
+            async with client.stream("POST", ref.url + "/api/ai-chat/stream",
+                                     json=turn_body(f"turn {i}", chat_id),
+                                     headers={"authorization": f"Bearer {users['alice']}"}) as resp:
+                if resp.status_code == 200:  # hold the chat until every other turn answered
+                    await all_others_answered.wait()
+                    provider.release.set()
+                await resp.aread()
+                if resp.status_code != 200:
+                    answered.append(resp.status_code)
+                    if len(answered) == n - 1:
+                        all_others_answered.set()
+                return resp.status_code
+
+        statuses = sorted(await asyncio.gather(*(one(i) for i in range(n))))
+        metrics = (await client.get(ref.url + "/metrics")).text
+    assert statuses == [200] + [409] * (n - 1)
+    gate = _counter(metrics, 'ai_chat_run_conflicts_total{path="gate"}')
+    precheck = _counter(metrics, 'ai_chat_run_conflicts_total{path="precheck"}')
+    assert gate + precheck == n - 1
+    assert gate <= pool - 1, metrics
+
+
+def _counter(metrics: str, name: str) -> int:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[-1]))
+    raise AssertionError(f"{name} not in /metrics")
