@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
@@ -148,10 +148,13 @@ class Gate:
         self.instance_id = instance_id
         self.lease_s = lease_s
         self.faults = faults
+        # FAULT: claim-held-open — turn connections whose open INSERT a run's claim now holds.
+        self._claimed: set[AsyncConn] = set()
 
     # -- guards ---------------------------------------------------------------------------
 
-    def turn_connection(self) -> AbstractAsyncContextManager[AsyncConn]:
+    @asynccontextmanager
+    async def turn_connection(self) -> AsyncIterator[AsyncConn]:
         """One pooled connection, in autocommit, for everything a turn does before it streams:
         the pre-check, the gate INSERT and the turn's first rows.
 
@@ -160,7 +163,13 @@ class Gate:
         every request of the burst. Every pre-check would then pass before any INSERT was
         made, and all N-1 losers would reach the gate. With one checkout, the winner's INSERT
         follows its own pre-check, and the rest of a burst is answered by the pre-check."""
-        return _autocommit(self.pool)
+        conn = await self.pool.getconn()
+        try:
+            await conn.set_autocommit(True)
+            yield conn
+        finally:
+            if conn not in self._claimed:  # FAULT: claim-held-open — kept by the run's claim
+                await _give_back(self.pool, conn)
 
     async def admit(self, chat_id: UUID, user_id: UUID | None, *,
                     conn: AsyncConn | None = None) -> Admission:
@@ -212,7 +221,7 @@ class Gate:
             "lease_s": None if Fault.NO_LEASE in self.faults else self.lease_s,  # FAULT: no-lease
         }
         if Fault.CLAIM_HELD_OPEN in self.faults:
-            return await self._begin_held_open(params)
+            return await self._begin_held_open(params, conn)
         holder: UUID | None = None
         try:
             # Autocommit: the INSERT commits by itself (one round trip), and a loser looks up
@@ -246,33 +255,46 @@ class Gate:
         assert row is not None
         return Claim(run_id=row[0], chat_id=chat_id)
 
-    async def _begin_held_open(self, params: dict[str, Any]) -> Claim:
+    async def _begin_held_open(self, params: dict[str, Any], turn: AsyncConn | None) -> Claim:
         # FAULT: claim-held-open — the INSERT runs in a transaction that stays open while the
         # provider streams; every loser's INSERT then waits on the index instead of failing.
-        try:
-            conn = await self.pool.getconn()
-        except Exception as exc:  # noqa: BLE001 - pool timeout or connection failure
-            raise RunBeginFailedError(f"no database connection: {type(exc).__name__}") from exc
+        # On the turn's connection, the claim keeps that connection (the turn does not give it
+        # back), so a waiting loser holds one connection, as a winner does.
+        if turn is None:
+            try:
+                conn = await self.pool.getconn()
+            except Exception as exc:  # noqa: BLE001 - pool timeout or connection failure
+                raise RunBeginFailedError(f"no database connection: {type(exc).__name__}") from exc
+        else:
+            conn = turn
+            await conn.set_autocommit(False)
         try:
             cur = await conn.execute(_INSERT_RUN, params)
             row = await cur.fetchone()
         except BaseException as exc:
             await conn.rollback()
-            await self.pool.putconn(conn)
+            if turn is None:
+                await self.pool.putconn(conn)
+            else:
+                await conn.set_autocommit(True)
             if isinstance(exc, pgerrors.UniqueViolation) and exc.diag.constraint_name == GATE_INDEX:
                 raise RunAlreadyActiveError(
-                    params["chat_id"], await self.active_holder(params["chat_id"]), "gate"
+                    params["chat_id"], await self.active_holder(params["chat_id"], turn), "gate"
                 ) from exc
             if isinstance(exc, psycopg.Error):
                 raise RunBeginFailedError(f"run insert failed: {type(exc).__name__}") from exc
             raise
         assert row is not None
+        if turn is not None:
+            self._claimed.add(conn)
         return Claim(run_id=row[0], chat_id=params["chat_id"], held_conn=conn)
 
-    async def active_holder(self, chat_id: UUID) -> UUID | None:
-        """The id of the chat's active run, looked up after a gate conflict (None if it ended)."""
+    async def active_holder(self, chat_id: UUID, conn: AsyncConn | None = None) -> UUID | None:
+        """The id of the chat's active run, looked up after a gate conflict (None if it ended).
+
+        ``conn``: an autocommit connection to use (the turn's); one of the pool otherwise."""
         try:
-            async with self.pool.connection() as conn:
+            async with _lent(conn, self.pool) as conn:
                 return await _holder_on(conn, chat_id)
         except psycopg.Error:
             log.exception("could not look up the active holder of chat %s", chat_id)
@@ -310,7 +332,8 @@ class Gate:
         except psycopg.Error:
             log.exception("commit of held claim %s failed", claim.run_id)
         finally:
-            await self.pool.putconn(conn)
+            self._claimed.discard(conn)
+            await _give_back(self.pool, conn)
 
     # -- terminal writes --------------------------------------------------------------------
 
@@ -479,6 +502,15 @@ async def _autocommit(pool: AsyncConnectionPool) -> AsyncIterator[AsyncConn]:
             if not conn.closed:
                 with contextlib.suppress(psycopg.Error):
                     await conn.set_autocommit(False)
+
+
+async def _give_back(pool: AsyncConnectionPool, conn: AsyncConn) -> None:
+    """Return a connection taken with ``getconn`` as the pool lends them: not in autocommit.
+    A connection left in a transaction is rolled back by the pool, a broken one discarded."""
+    if not conn.closed:
+        with contextlib.suppress(psycopg.Error):
+            await conn.set_autocommit(False)
+    await pool.putconn(conn)
 
 
 async def fetch_one_dict(conn: AsyncConn, query: str, params: Any = None) -> dict[str, Any] | None:
