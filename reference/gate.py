@@ -211,7 +211,7 @@ class Gate:
         """Insert the run row; the unique index decides who wins.
 
         ``conn``: the turn's connection, in autocommit (:meth:`turn_connection`); one of the
-        pool otherwise. The claim-held-open fault always takes a connection of its own.
+        pool otherwise. Under the claim-held-open fault, the claim keeps that connection.
 
         Returns the claim, or ``None`` only under the swallow-unique-violation fault.
         """

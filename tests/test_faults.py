@@ -280,6 +280,8 @@ async def test_claim_held_open_makes_the_second_turn_wait_then_win(
                 second = asyncio.create_task(api.turn("second", holder.chat_id))
                 await wait_blocked_or_done(pg_dsn, second)
                 answered_while_holding = second.done()
+                stats = ref.runtime.pool.get_stats()
+                in_use = stats["pool_size"] - stats["pool_available"]
                 provider.release.set()
                 await holder.rest()
             result = await second
@@ -292,6 +294,7 @@ async def test_claim_held_open_makes_the_second_turn_wait_then_win(
     else:
         assert visible == 0  # the claim is invisible outside its open transaction
         assert not answered_while_holding  # blocked on the index lock, not a fast 409
+        assert in_use == 2  # the holder's claim and the waiting turn: one connection each
         assert result.status == 200  # a late second winner
         assert result.run_id is not None and result.run_id != holder.run_id
         assert len(provider.calls_for("second")) == 1
