@@ -28,6 +28,10 @@ import trio
 from harness.sse import SseParser, UiStream
 
 MAX_ERROR_BODY = 64 * 1024
+# Linux ACKs at most this many of a connection's first segments at once (TCP_MAX_QUICKACKS),
+# and counts them down only for segments that do not arrive back to back.
+QUICKACK_SEGMENTS = 16
+QUICKACK_GAP_S = 0.0005
 
 
 @dataclass
@@ -168,8 +172,32 @@ class Racer:
         self.stream = stream
 
     async def send_prefix(self) -> None:
+        """Send all but the last byte. Over plain TCP the prefix's last ``QUICKACK_SEGMENTS``
+        bytes then follow one by one, a millisecond apart, so that the receiving kernel has
+        left quick-ACK mode by the release.
+
+        A Linux receiver ACKs each of a new connection's first segments at once (up to 16), and
+        segments that arrive back to back do not use that allowance up. On loopback the
+        receiver's ACK is made and taken inside the sender's ``send``, so a final byte sent in
+        that mode costs two to three times as much (measured 15 against 6 µs on these VMs),
+        and so does the release spread. A server reads the request the same either way: HTTP
+        does not care how its bytes are split."""
         assert self.stream is not None
-        await self.stream.send_all(self.data[:-1])
+        prefix = self.data[:-1]
+        if self.endpoint.scheme != "http" or self.sock is None or len(prefix) <= QUICKACK_SEGMENTS:
+            await self.stream.send_all(prefix)
+            return
+        head = len(prefix) - QUICKACK_SEGMENTS
+        await self.stream.send_all(prefix[:head])
+        for i in range(head, len(prefix)):
+            await trio.sleep(QUICKACK_GAP_S)
+            try:
+                sent = self.sock.send(prefix[i:i + 1])  # TCP_NODELAY: a segment each
+            except BlockingIOError:
+                sent = 0
+            if not sent:  # the send buffer is full: the rest in one go, as usual
+                await self.stream.send_all(prefix[i:])
+                return
 
     def send_last_byte_nowait(self) -> int:
         """Send the final byte on the raw socket without yielding; returns the send time."""
