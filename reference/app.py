@@ -31,7 +31,7 @@ from reference.provider import ProviderClient
 from reference.registry import STOP_CHANNEL, Registry
 from reference.runner import RunDriver
 from reference.runtime import Runtime
-from reference.schema import RUN_STATUSES, apply_schema_sync
+from reference.schema import RUN_STATUSES, apply_schema_sync, check_schema_sync
 from reference.settings import Settings
 from reference.stream_response import RunStreamResponse
 from reference.turn import start_turn
@@ -238,6 +238,8 @@ def create_app(settings: Settings, *,
         if settings.apply_schema:  # start-up only, on its own connection, in a thread; before
             # the pool opens, since each pooled connection prepares statements on these tables
             await asyncio.to_thread(apply_schema_sync, settings.database_url, settings.faults)
+        else:  # fail at once, naming what is missing, rather than after the pool's timeout
+            await asyncio.to_thread(check_schema_sync, settings.database_url, settings.faults)
         # check: a connection whose backend was terminated (a database outage) is replaced
         # before use instead of failing the request that gets it. configure: generic plans,
         # and the hot statements prepared before the connection is first lent.

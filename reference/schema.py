@@ -118,6 +118,26 @@ def missing_ddl(present: set[str], faults: frozenset[Fault] = frozenset()) -> li
     return stmts
 
 
+class SchemaMissing(RuntimeError):
+    """The database lacks part of the schema and the server was told not to create it."""
+
+
+def check_schema_sync(dsn: str, faults: frozenset[Fault] = frozenset()) -> None:
+    """Raise ``SchemaMissing`` naming what is absent, for a server started with
+    ``APPLY_SCHEMA=0``: otherwise each pooled connection fails to prepare its statements and
+    the pool gives up after its open timeout without saying why."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        present = _names(conn.execute(PRESENT_SQL, [_NAMES]).fetchone())
+    missing = [name for name in SCHEMA_RELATIONS if name not in present]
+    if Fault.NO_UNIQUE_INDEX not in faults and GATE_INDEX not in present:
+        missing.append(GATE_INDEX)
+    if missing:
+        raise SchemaMissing(
+            f"APPLY_SCHEMA: is off, and the database lacks {', '.join(missing)}; create the "
+            "schema (start once with APPLY_SCHEMA=1, or run reference.schema.apply_schema_sync) "
+            "or turn APPLY_SCHEMA on")
+
+
 def _names(row: Any) -> set[str]:
     return set(row[0]) if row else set()
 

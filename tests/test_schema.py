@@ -13,11 +13,15 @@ import psycopg
 import pytest
 from refkit import make_settings, running_reference
 
+from reference.app import create_app
+
 from reference.faults import Fault
 from reference.schema import (
     GATE_INDEX,
     SCHEMA_RELATIONS,
+    SchemaMissing,
     apply_schema_sync,
+    check_schema_sync,
     missing_ddl,
 )
 
@@ -86,3 +90,27 @@ def test_missing_ddl_runs_only_what_is_missing() -> None:
     assert missing_ddl(set(SCHEMA_RELATIONS), frozenset({Fault.NO_UNIQUE_INDEX})) == []
     assert missing_ddl(everything, frozenset({Fault.NO_UNIQUE_INDEX})) == [
         f"DROP INDEX IF EXISTS {GATE_INDEX}"]
+
+
+def test_with_apply_schema_off_a_missing_schema_is_named(pg_empty_dsn: str) -> None:
+    with pytest.raises(SchemaMissing) as caught:
+        check_schema_sync(pg_empty_dsn)
+    assert "APPLY_SCHEMA" in str(caught.value)
+    assert "ai_chat_runs" in str(caught.value) and GATE_INDEX in str(caught.value)
+    apply_schema_sync(pg_empty_dsn, frozenset({Fault.NO_UNIQUE_INDEX}))
+    with pytest.raises(SchemaMissing) as caught:  # the gate index alone is missing
+        check_schema_sync(pg_empty_dsn)
+    assert "ai_chat_runs," not in str(caught.value) and GATE_INDEX in str(caught.value)
+    check_schema_sync(pg_empty_dsn, frozenset({Fault.NO_UNIQUE_INDEX}))  # as that fault wants
+    apply_schema_sync(pg_empty_dsn)
+    check_schema_sync(pg_empty_dsn)
+
+
+@pytest.mark.anyio
+async def test_a_server_with_apply_schema_off_names_the_missing_schema(pg_empty_dsn: str) -> None:
+    """Rather than its pool failing to prepare statements until the open timeout."""
+    app = create_app(make_settings(pg_empty_dsn, apply_schema=False))
+    with pytest.raises(SchemaMissing, match="ai_chat_runs"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert relations(pg_empty_dsn) == set()  # nothing created behind the setting's back
