@@ -260,6 +260,7 @@ def create_app(settings: Settings, *,
             metrics_ = Metrics()
             registry = Registry(settings, gate, metrics_)
             metrics_.active_runs = registry.active_count
+            metrics_.pool_stats = pool.get_stats
             app.state.runtime = Runtime(
                 settings=settings, pool=pool, gate=gate, provider=provider, metrics=metrics_,
                 registry=registry, driver=RunDriver(

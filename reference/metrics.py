@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 class Metrics:
@@ -15,6 +15,7 @@ class Metrics:
         self.runs_reaped = 0
         self.begin_failures = 0
         self.active_runs = active_runs
+        self.pool_stats: Callable[[], Mapping[str, int]] = dict  # psycopg_pool's get_stats
 
     def render(self) -> str:
         lines = [
@@ -46,4 +47,23 @@ class Metrics:
             "# TYPE ai_chat_active_runs gauge",
             f"ai_chat_active_runs {self.active_runs()}",
         ]
+        stats = self.pool_stats()
+        for key, kind, text in _POOL_SERIES if stats else ():
+            name = f"ai_chat_db_pool_{key}" + ("_total" if kind == "counter" else "")
+            # get_stats leaves a counter out until it first moves
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}",
+                      f"{name} {stats.get(key, 0)}"]
         return "\n".join(lines) + "\n"
+
+
+# psycopg_pool.get_stats() keys worth exposing: a turn that queues for a connection is late to
+# its pre-check, so it widens (or, in a race, narrows) the window the gate must cover.
+_POOL_SERIES = (
+    ("pool_size", "gauge", "Connections the pool holds (busy or idle)."),
+    ("pool_available", "gauge", "Idle connections in the pool."),
+    ("requests_waiting", "gauge", "Requests waiting for a connection now."),
+    ("requests_num", "counter", "Connections requested from the pool."),
+    ("requests_queued", "counter", "Requests that found no idle connection and queued."),
+    ("requests_wait_ms", "counter", "Milliseconds requests spent queued for a connection."),
+    ("connections_num", "counter", "Connections the pool opened."),
+)

@@ -526,6 +526,15 @@ METRIC_FAMILIES = {
     "ai_chat_run_begin_failures_total": "counter",
     "ai_chat_active_runs": "gauge",
 }
+POOL_FAMILIES = {
+    "ai_chat_db_pool_pool_size": "gauge",
+    "ai_chat_db_pool_pool_available": "gauge",
+    "ai_chat_db_pool_requests_waiting": "gauge",
+    "ai_chat_db_pool_requests_num_total": "counter",
+    "ai_chat_db_pool_requests_queued_total": "counter",
+    "ai_chat_db_pool_requests_wait_ms_total": "counter",
+    "ai_chat_db_pool_connections_num_total": "counter",
+}
 
 
 def parse_prometheus(text: str) -> tuple[dict[str, str], dict[str, float]]:
@@ -546,7 +555,7 @@ def parse_prometheus(text: str) -> tuple[dict[str, str], dict[str, float]]:
 async def test_metrics_lists_every_family_of_the_protocol(pg_dsn: str,
                                                          users: dict[str, str]) -> None:
     """On a fresh server: every family of protocol §4 with its labels, all zero; one rejected
-    turn moves no counter."""
+    turn moves no counter. The connection pool's figures come beside them."""
     async with running_reference(make_settings(pg_dsn), FakeProvider()) as ref, \
             httpx.AsyncClient(timeout=10) as client:
         await client.post(ref.url + "/api/ai-chat/stream", json={"messages": []},
@@ -555,7 +564,11 @@ async def test_metrics_lists_every_family_of_the_protocol(pg_dsn: str,
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     types, samples = parse_prometheus(resp.text)
-    assert types == METRIC_FAMILIES
+    assert types == METRIC_FAMILIES | POOL_FAMILIES
+    pool = {name: samples.pop(name) for name in POOL_FAMILIES}
+    assert pool["ai_chat_db_pool_pool_size"] >= 2  # make_settings: min 2
+    assert pool["ai_chat_db_pool_connections_num_total"] >= pool["ai_chat_db_pool_pool_size"]
+    assert pool["ai_chat_db_pool_requests_waiting"] == 0
     assert samples == {
         "ai_chat_runs_started_total": 0,
         'ai_chat_run_conflicts_total{path="gate"}': 0,
