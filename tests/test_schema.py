@@ -14,7 +14,6 @@ import pytest
 from refkit import make_settings, running_reference
 
 from reference.app import create_app
-
 from reference.faults import Fault
 from reference.schema import (
     GATE_INDEX,
