@@ -179,15 +179,22 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def wilson_lower(successes: int, trials: int, z: float = 1.96) -> float | None:
-    """The lower end of the Wilson score interval (95% by default)."""
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of a rate (95% by default)."""
     if trials == 0:
         return None
     p = successes / trials
     denom = 1 + z * z / trials
     centre = p + z * z / (2 * trials)
     margin = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
-    return max(0.0, (centre - margin) / denom)
+    # It always holds p; the clamps only undo rounding at p = 0 and p = 1.
+    return min(p, max(0.0, (centre - margin) / denom)), max(p, min(1.0, (centre + margin) / denom))
+
+
+def wilson_lower(successes: int, trials: int, z: float = 1.96) -> float | None:
+    """The lower end of the Wilson score interval (95% by default)."""
+    interval = wilson_interval(successes, trials, z)
+    return None if interval is None else interval[0]
 
 
 def trials_for_confidence(p: float | None, confidence: float = 0.95) -> int | None:
@@ -519,12 +526,13 @@ class Bench:
                         runs = await self.trials(service, self.scenario, n=n, sync=mode, k=k)
                         caught = sum(r.caught for r in runs)
                         p = caught / len(runs)
-                        lower = wilson_lower(caught, len(runs))
+                        lower, upper = wilson_interval(caught, len(runs)) or (None, None)
                         rows.append({
                             "fault": "no-unique-index", "server": server, "sync": mode, "n": n,
                             "trials": len(runs), "caught": caught,
                             "unknown": sum(r.unknown for r in runs),
                             "catch_rate": _r(p), "catch_rate_wilson95_lower": _r(lower),
+                            "catch_rate_wilson95_upper": _r(upper),
                             "trials_for_95": trials_for_confidence(p),
                             "trials_for_95_conservative": trials_for_confidence(lower),
                         })
@@ -803,11 +811,11 @@ def _bars(result: dict[str, Any]) -> list[str]:
                 return r[key]["median"]  # type: ignore[no-any-return]
         return None
 
-    def detection(n: int) -> float | None:
+    def detection_row(n: int) -> dict[str, Any]:
         for r in s.get("detection", {}).get("rows", []):
             if r["server"] == "uvicorn" and r["sync"] == "last-byte" and r["n"] == n:
-                return r["catch_rate"]  # type: ignore[no-any-return]
-        return None
+                return r  # type: ignore[no-any-return]
+        return {}
 
     scale = s.get("scale", {})
     same = scale.get("same_chat", {})
@@ -819,7 +827,7 @@ def _bars(result: dict[str, Any]) -> list[str]:
          else (same.get("release_spread_ms") or {}).get("median") if same.get("n") == 1000
          else None,
          BARS["release_spread_n1000_ms"], False),
-        ("detection of no-unique-index, N=2, last-byte", detection(2),
+        ("detection of no-unique-index, N=2, last-byte", detection_row(2).get("catch_rate"),
          BARS["detection_n2_last_byte"], True),
         ("race phase of `harness race --n 50` (s)",
          s.get("wall", {}).get("race_phase_s", {}).get("median"), BARS["race_phase_s"], False),
@@ -839,5 +847,19 @@ def _bars(result: dict[str, Any]) -> list[str]:
     ]
     lines = ["## Against the bars", "", "| figure | measured | bar |", "|---|---:|---|"]
     for name, value, bar, higher in rows:
-        lines.append(f"| {name} | {_fmt(value)} | {_bar(value, bar, higher_is_better=higher)} |")
+        verdict = _bar(value, bar, higher_is_better=higher)
+        if name.startswith("detection"):
+            verdict += _unresolved(detection_row(2), bar)
+        lines.append(f"| {name} | {_fmt(value)} | {verdict} |")
     return lines
+
+
+def _unresolved(row: dict[str, Any], bar: float) -> str:
+    """A rate from K trials judged against a bar its 95% interval straddles: the verdict above
+    is the point estimate's, and K trials cannot settle it either way."""
+    interval = wilson_interval(row["caught"], row["trials"]) if row else None
+    if interval is None or not interval[0] < bar <= interval[1]:
+        return ""
+    lower, upper = interval
+    return (f"; not resolved by {row.get('trials')} trials: the 95% interval "
+            f"{_fmt(lower)}–{_fmt(upper)} contains the bar")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,6 +22,7 @@ from harness.bench import (
     render_markdown,
     synthetic_trial,
     trials_for_confidence,
+    wilson_interval,
     wilson_lower,
     write_results,
 )
@@ -62,6 +64,22 @@ def test_the_wilson_lower_bound_is_below_the_rate(trials: int, data: st.DataObje
     caught = data.draw(st.integers(min_value=0, max_value=trials))
     lower = wilson_lower(caught, trials)
     assert lower is not None and 0.0 <= lower <= caught / trials + 1e-12
+
+
+@given(st.integers(min_value=1, max_value=500), st.data())
+def test_the_wilson_interval_holds_the_rate(trials: int, data: st.DataObject) -> None:
+    caught = data.draw(st.integers(min_value=0, max_value=trials))
+    interval = wilson_interval(caught, trials)
+    assert interval is not None
+    lower, upper = interval
+    assert 0.0 <= lower <= caught / trials <= upper + 1e-12 and upper <= 1.0
+    assert lower == wilson_lower(caught, trials)
+
+
+def test_wilson_interval_known_values() -> None:
+    assert wilson_interval(0, 0) is None
+    lower, upper = wilson_interval(46, 50) or (0, 0)
+    assert math.isclose(lower, 0.8115, abs_tol=1e-3) and math.isclose(upper, 0.9685, abs_tol=1e-3)
 
 
 def test_wilson_lower_bound_known_values() -> None:
@@ -193,3 +211,29 @@ def test_the_losers_fast_default_bound_grows_with_large_bursts_only() -> None:
     assert default_losers_fast_bound_ms(1000) == 3000.0
     assert losers_fast_bound_ms(RaceConfig(n=1000)) == 3000.0
     assert losers_fast_bound_ms(RaceConfig(n=1000, losers_fast_bound_ms=250.0)) == 250.0
+
+
+def _detection_result(caught: int, trials: int) -> dict[str, Any]:
+    lower, upper = wilson_interval(caught, trials) or (0.0, 0.0)
+    row = {"fault": "no-unique-index", "server": "uvicorn", "sync": "last-byte", "n": 2,
+           "trials": trials, "caught": caught, "unknown": 0, "catch_rate": caught / trials,
+           "catch_rate_wilson95_lower": lower, "catch_rate_wilson95_upper": upper,
+           "trials_for_95": 1, "trials_for_95_conservative": 2}
+    return {"machine": {}, "seed": 1, "sections": {"detection": {"rows": [row]}}}
+
+
+def _detection_bar_line(markdown: str) -> str:
+    return next(line for line in markdown.splitlines()
+                if line.startswith("| detection of no-unique-index, N=2"))
+
+
+def test_a_detection_rate_whose_interval_holds_the_bar_is_called_unresolved() -> None:
+    line = _detection_bar_line(render_markdown(_detection_result(46, 50)))
+    assert "misses (≥ 0.95)" in line
+    assert "not resolved by 50 trials" in line and "0.812–0.968" in line
+    line = _detection_bar_line(render_markdown(_detection_result(49, 50)))
+    assert "meets (≥ 0.95)" in line and "not resolved by 50 trials" in line
+    line = _detection_bar_line(render_markdown(_detection_result(980, 1000)))
+    assert "meets (≥ 0.95)" in line and "not resolved" not in line  # 0.969–0.987
+    line = _detection_bar_line(render_markdown(_detection_result(30, 50)))
+    assert "misses (≥ 0.95)" in line and "not resolved" not in line
