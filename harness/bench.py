@@ -13,7 +13,7 @@ has its baseline from the same run on the same machine:
 - **service** — 409 latency p50/p99 during an N=50 burst (client-observed and the server's own
   time), rejections per second, the winner's time to first frame, and the CPU each loser costs
   the reference, Postgres and the harness (N=50 trials against as many one-turn trials on the
-  same service), with the floor the reference's share puts under the last 409.
+  same service), and the losers' share of the reference's one event loop per burst.
 - **wall** — ``harness race --n 50`` as a fresh process (cold: Postgres and reference start
   included) and its race phase alone (the trial; the burst).
 - **scale** — a same-chat burst at N=1000 and a burst of 200 chats x 5 turns: wall time, every
@@ -57,6 +57,8 @@ from harness.program import StepNotAvailable, run_scenario_trial
 from harness.race import Interrupted, raise_on_signal, stop_leftovers
 from harness.scenario import Scenario, catalogue
 
+# v2: service.cpu_per_loser_ms.reference_loop_ms_per_burst (was reference_floor_last_409_ms)
+BENCH_SCHEMA = "raceharness/bench/v2"
 SECTIONS = ("wall", "scale", "sync", "service", "detection")
 EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 2, 4, 130
 
@@ -221,13 +223,14 @@ def _r(value: float | None, digits: int = 3) -> float | None:
 def loser_cpu(one: dict[str, float], burst: dict[str, float], *, k: int, n: int,
               instances: int = 1) -> dict[str, Any]:
     """CPU ms per loser for each group, from k trials of one turn (``one``) and k trials of
-    N turns (``burst``). The reference answers on one event loop per instance, and nearly all
-    of a loser's work there comes before its 409: the losers' reference CPU, spread over the
-    instances, is a floor under the last 409 of a burst."""
+    N turns (``burst``). The reference answers on one event loop per instance: the losers'
+    reference CPU, spread over the instances, is how long they hold each loop per burst. Not
+    all of it lies between the release and the last 409: accepting a loser's connection and
+    parsing its headers come before the release, closing it after its 409."""
     per = {g: max(0.0, (burst[g] - one.get(g, 0.0)) / k / (n - 1) * 1000) for g in burst}
-    floor = per.get("reference", 0.0) * (n - 1) / instances
+    loop = per.get("reference", 0.0) * (n - 1) / instances
     return {**{g: _r(v) for g, v in sorted(per.items())}, "total": _r(sum(per.values())),
-            "reference_floor_last_409_ms": _r(floor), "instances": instances}
+            "reference_loop_ms_per_burst": _r(loop), "instances": instances}
 
 
 def trial_figures(trial: Trial) -> dict[str, Any]:
@@ -364,7 +367,7 @@ class Bench:
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
         self.trial_no = 0
         self.result: dict[str, Any] = {
-            "schema": "raceharness/bench/v1", "quick": quick, "seed": self.seed,
+            "schema": BENCH_SCHEMA, "quick": quick, "seed": self.seed,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine(), "plan": plan.__dict__, "bars": BARS,
             "sections": {}, "interrupted": False,
@@ -665,14 +668,14 @@ def _server_version(dsn: str) -> str | None:
 
 
 def _previous(out: Path, result: dict[str, Any]) -> dict[str, Any] | None:
-    """The results already in ``out`` when they come from this machine (their other sections
-    are kept beside the ones rerun), else None."""
+    """The results already in ``out`` when they come from this machine and this format (their
+    other sections are kept beside the ones rerun), else None."""
     try:
         previous = json.loads((out / "bench.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     same = ("cores", "cpu_model", "python")
-    if not isinstance(previous, dict) or any(
+    if not isinstance(previous, dict) or previous.get("schema") != BENCH_SCHEMA or any(
             (previous.get("machine") or {}).get(k) != result["machine"].get(k) for k in same):
         return None
     return previous
@@ -765,10 +768,12 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines += [f"CPU per loser (the N={sv['n']} trials minus as many one-turn trials, "
                       f"per extra turn): {parts}; total {_fmt(cpu['total'], ' ms')}. The "
                       f"reference answers on one event loop per instance "
-                      f"({cpu['instances']} here), so its share alone puts a floor of "
-                      f"{_fmt(cpu['reference_floor_last_409_ms'], ' ms')} under the last of "
-                      f"the {sv['n'] - 1} 409s (median measured: "
-                      f"{_fmt((sv.get('last_409_ms') or {}).get('median'), ' ms')}).", ""]
+                      f"({cpu['instances']} here); the losers hold it "
+                      f"{_fmt(cpu['reference_loop_ms_per_burst'], ' ms')} per burst, part of "
+                      f"that before the release (accepting, parsing headers) and after the "
+                      f"409s (closing). The last of the {sv['n'] - 1} 409s reached the harness "
+                      f"{_fmt((sv.get('last_409_ms') or {}).get('median'), ' ms')} after the "
+                      f"release (median).", ""]
     if "wall" in s:
         w = s["wall"]
         lines += [f"## Wall time (`harness race --n {w.get('n', 50)}`, fresh process each)", "",

@@ -135,7 +135,7 @@ def test_a_tiny_bench_runs_every_section_and_writes_well_formed_results(
     result = json.loads((tmp_path / "bench.json").read_text())
     markdown = (tmp_path / "bench.md").read_text()
 
-    assert result["schema"] == "raceharness/bench/v1" and result["interrupted"] is False
+    assert result["schema"] == "raceharness/bench/v2" and result["interrupted"] is False
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["postgres"]
     s = result["sections"]
@@ -169,10 +169,10 @@ def test_a_tiny_bench_runs_every_section_and_writes_well_formed_results(
     assert service["last_409_ms"]["median"] == service["latency_409_ms"]["max"]  # 1 trial
     cpu = service["cpu_per_loser_ms"]
     assert set(cpu) == {"reference", "postgres", "harness", "total",
-                        "reference_floor_last_409_ms", "instances"}
+                        "reference_loop_ms_per_burst", "instances"}
     assert cpu["instances"] == 2  # the burst spread over two reference processes
     assert all(cpu[g] >= 0 for g in ("reference", "postgres", "harness"))
-    assert cpu["reference_floor_last_409_ms"] == pytest.approx(cpu["reference"] * 49 / 2,
+    assert cpu["reference_loop_ms_per_burst"] == pytest.approx(cpu["reference"] * 49 / 2,
                                                                abs=0.05)
 
     wall = s["wall"]
@@ -237,3 +237,14 @@ def test_a_detection_rate_whose_interval_holds_the_bar_is_called_unresolved() ->
     assert "meets (≥ 0.95)" in line and "not resolved" not in line  # 0.969–0.987
     line = _detection_bar_line(render_markdown(_detection_result(30, 50)))
     assert "misses (≥ 0.95)" in line and "not resolved" not in line
+
+
+def test_sections_of_an_older_format_are_not_kept(tmp_path: Path) -> None:
+    from harness.bench import BENCH_SCHEMA, _previous
+
+    machine = {"cores": 2, "cpu_model": "cpu", "python": "3.11.7"}
+    result = {"schema": BENCH_SCHEMA, "machine": machine, "sections": {}}
+    (tmp_path / "bench.json").write_text(json.dumps({**result, "schema": "raceharness/bench/v1"}))
+    assert _previous(tmp_path, result) is None
+    (tmp_path / "bench.json").write_text(json.dumps(result))
+    assert _previous(tmp_path, result) == result

@@ -68,6 +68,6 @@ def test_loser_cpu_is_the_marginal_cost_per_extra_turn() -> None:
     cpu = loser_cpu(one, burst, k=10, n=50)
     assert cpu["reference"] == 1.0 and cpu["postgres"] == 0.602 and cpu["harness"] == 1.0
     assert cpu["total"] == 2.602
-    assert cpu["reference_floor_last_409_ms"] == 49.0 and cpu["instances"] == 1
-    assert loser_cpu(one, burst, k=10, n=50, instances=2)["reference_floor_last_409_ms"] == 24.5
+    assert cpu["reference_loop_ms_per_burst"] == 49.0 and cpu["instances"] == 1
+    assert loser_cpu(one, burst, k=10, n=50, instances=2)["reference_loop_ms_per_burst"] == 24.5
     assert loser_cpu(burst, one, k=10, n=50)["reference"] == 0.0  # noise never goes negative
