@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark the harness against the embedded reference: release and "
                     "server-observed arrival spread per sync mode, detection power, service "
                     "latency, wall time and scale. Writes JSON + Markdown (default "
-                    "reports/bench/). About 20 minutes on 2 cores; --quick about 2. Exit "
+                    "reports/bench/). About 15 minutes on 2 cores; --quick about 2. Exit "
                     "codes: 0 written, 2 usage error, 4 environment unreachable, 130 "
                     "interrupted (the figures so far are written)."))
     add_soak_arguments(sub.add_parser(
