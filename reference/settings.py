@@ -95,26 +95,25 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for f in fields(cls):
-            var = f.name.upper()
-            if f.name == "database_url":
-                raw = env.get("DATABASE_URL")
-            elif f.name == "faults":
-                raw = env.get("REFERENCE_FAULTS")
-            elif f.name == "parent_pid":
-                raw = env.get("REFERENCE_PARENT_PID") or None
-                if raw is not None:
-                    values[f.name] = _convert(f.name, "REFERENCE_PARENT_PID", raw, "int")
-                continue
-            else:
-                raw = env.get(var)
+            var = env_var(f.name)
+            raw = env.get(var)
+            if f.name == "parent_pid":
+                raw = raw or None  # empty: unset
             if raw is None:
                 continue
-            values[f.name] = _convert(f.name, var if f.name != "faults" else "REFERENCE_FAULTS",
-                                      raw, f.type)
+            values[f.name] = _convert(f.name, var, raw, f.type)
         values.update(overrides)
         if "database_url" not in values:
             raise SettingsError("DATABASE_URL: required (a libpq DSN), not set")
         return cls(**values)  # type: ignore[arg-type]
+
+
+_ENV_NAMES = {"faults": "REFERENCE_FAULTS", "parent_pid": "REFERENCE_PARENT_PID"}
+
+
+def env_var(field_name: str) -> str:
+    """The environment variable that sets the field ``field_name``."""
+    return _ENV_NAMES.get(field_name, field_name.upper())
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -128,6 +127,8 @@ def _convert(name: str, var: str, raw: str, typ: object) -> object:
         except UnknownFaultError as exc:
             raise SettingsError(f"{var}: {exc}") from None
     text = raw.strip()
+    if isinstance(typ, str) and typ.endswith(" | None"):  # set means a value; unset is None
+        typ = typ.removesuffix(" | None")
     if typ in ("bool", bool):
         if text.lower() in _TRUE:
             return True

@@ -25,7 +25,7 @@ from harness.cli import main as harness_main
 from harness.postgres import PostgresCluster
 from reference.faults import VALID_FAULTS, Fault
 from reference.server import main as reference_main
-from reference.settings import Settings, SettingsError
+from reference.settings import Settings, SettingsError, env_var
 
 DSN = "postgresql://app:pg-pass-SECRET-31@db.internal:5432/chat"
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +73,17 @@ def test_from_env_parses_every_variable() -> None:
 
 def test_every_setting_has_a_variable_in_the_test() -> None:
     """A new setting must come with its variable here (so the test above covers it)."""
-    renamed = {"faults": "REFERENCE_FAULTS", "parent_pid": "REFERENCE_PARENT_PID"}
-    names = {renamed.get(f.name, f.name.upper()) for f in dataclasses.fields(Settings)}
+    names = {env_var(f.name) for f in dataclasses.fields(Settings)}
     assert names == set(EVERY_VARIABLE)
+
+
+def test_the_readme_documents_every_variable() -> None:
+    """The README's table of the reference's variables names each one (APPLY_SCHEMA and
+    MAX_BODY_BYTES were once missing from it)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Running the reference on its own", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(v for v in EVERY_VARIABLE if f"`{v}`" not in section)
+    assert missing == []
 
 
 def test_from_env_defaults_and_overrides() -> None:
