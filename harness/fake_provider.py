@@ -134,7 +134,11 @@ class FakeProvider:
 
     async def wait_called(self, nonce: str) -> None:
         """Until a call carrying ``nonce`` has arrived."""
-        while not self.calls_for(nonce):
+        await self.wait_for(lambda: bool(self.calls_for(nonce)))
+
+    async def wait_for(self, done: Callable[[], bool]) -> None:
+        """Until ``done()`` holds; it is asked again whenever a call arrives or changes."""
+        while not done():
             await self._changed.wait()
 
     async def wait_disconnected(self, nonce: str) -> None:

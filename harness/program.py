@@ -211,8 +211,19 @@ class Program:
             # The start frame comes before the provider call (protocol §2.7): wait, bounded,
             # until the winner's call has arrived, so a stop never lands before it. A service
             # that never calls is caught by race/winner-provider-call.
+            # With several winners (a broken gate) a call is known by the nonce of the last
+            # user message in the history it forwards, which may be another winner's: then
+            # wait for as many calls as winners instead.
+            provider, nonce = self.ctx.provider, st.nonces[st.winner]
+            winners = {st.nonces[i] for i, r in enumerate(st.racers)
+                       if r.response.status == 200 and r.response.headers_ns}
+
+            def called() -> bool:
+                return bool(provider.calls_for(nonce)) or len(winners) > 1 and sum(
+                    c.nonce in winners for c in provider.calls) >= len(winners)
+
             with trio.move_on_after(self.ctx.config.provider_call_bound_s):
-                await self.ctx.provider.wait_called(st.nonces[st.winner])
+                await provider.wait_for(called)
 
     async def _prepare(self, i: int, racer: Racer, withhold: bool) -> None:
         try:
@@ -361,6 +372,16 @@ class Program:
             (owner + 1) % len(self.ctx.services))
         self.meta["stop_via_instance"] = instance
         await self._stop(run_id, "winner", instance)
+        # A broken gate can let a second racer win on the same chat. Its run is stopped too
+        # (role extra-winner): otherwise it streams on, the chat stays busy, and the trial
+        # waits out every bound below for a call nobody stopped.
+        chat = _stream_attr(st.racers[st.winner], "chat_id")
+        for i in range(len(st.racers)):
+            extra = _stream_attr(st.racers[i], "run_id")
+            if (i != st.winner and extra is not None and extra != run_id
+                    and st.racers[i].response.status == 200
+                    and _stream_attr(st.racers[i], "chat_id") == chat):
+                await self._stop(extra, "extra-winner", i % len(self.ctx.services))
         bound = self.ctx.config.stop_bound_ms / 1000
         with trio.move_on_after(bound):
             await st.racers[st.winner].finished.wait()
@@ -739,6 +760,12 @@ async def _send_whole(racer: Racer) -> None:
         racer.response.error = f"send failed: {type(exc).__name__}"
         racer.answered.set()
         racer.finished.set()
+
+
+def _stream_attr(racer: Racer, name: str) -> str | None:
+    """``run_id`` or ``chat_id`` from the racer's start frame, if it had one."""
+    stream = racer.response.stream
+    return None if stream is None else getattr(stream, name)
 
 
 def _first_winner(racers: list[Racer]) -> int | None:
