@@ -64,8 +64,7 @@ class TrialState:
     def winner_run_id(self) -> str | None:
         if self.winner is None:
             return None
-        stream = self.racers[self.winner].response.stream
-        return None if stream is None else stream.run_id
+        return _stream_attr(self.racers[self.winner], "run_id")
 
 
 class Program:
@@ -215,8 +214,7 @@ class Program:
             # user message in the history it forwards, which may be another winner's: then
             # wait for as many calls as winners instead.
             provider, nonce = self.ctx.provider, st.nonces[st.winner]
-            winners = {st.nonces[i] for i, r in enumerate(st.racers)
-                       if r.response.status == 200 and r.response.headers_ns}
+            winners = {st.nonces[i] for i in _winners(st.racers)}
 
             def called() -> bool:
                 return bool(provider.calls_for(nonce)) or len(winners) > 1 and sum(
@@ -376,11 +374,10 @@ class Program:
         # (role extra-winner): otherwise it streams on, the chat stays busy, and the trial
         # waits out every bound below for a call nobody stopped.
         chat = _stream_attr(st.racers[st.winner], "chat_id")
-        for i in range(len(st.racers)):
+        for i in _winners(st.racers):
             extra = _stream_attr(st.racers[i], "run_id")
-            if (i != st.winner and extra is not None and extra != run_id
-                    and st.racers[i].response.status == 200
-                    and _stream_attr(st.racers[i], "chat_id") == chat):
+            if i != st.winner and extra is not None and \
+                    _stream_attr(st.racers[i], "chat_id") == chat:
                 await self._stop(extra, "extra-winner", i % len(self.ctx.services))
         bound = self.ctx.config.stop_bound_ms / 1000
         with trio.move_on_after(bound):
@@ -768,11 +765,14 @@ def _stream_attr(racer: Racer, name: str) -> str | None:
     return None if stream is None else getattr(stream, name)
 
 
+def _winners(racers: list[Racer]) -> list[int]:
+    """The racers answered 200 (with headers seen), in racer order."""
+    return [i for i, r in enumerate(racers) if r.response.status == 200 and r.response.headers_ns]
+
+
 def _first_winner(racers: list[Racer]) -> int | None:
-    winners = [i for i, r in enumerate(racers) if r.response.status == 200
-               and r.response.headers_ns]
-    tracked = [i for i in winners if racers[i].response.stream
-               and racers[i].response.stream.run_id]  # type: ignore[union-attr]
+    winners = _winners(racers)
+    tracked = [i for i in winners if _stream_attr(racers[i], "run_id")]
     pool = tracked or winners
     return min(pool, key=lambda i: racers[i].response.headers_ns or 0) if pool else None
 
