@@ -68,13 +68,15 @@ class _Call:
     first_token_ns: int | None = None
     disconnected_ns: int | None = None
     completed_ns: int | None = None
+    complete: bool = True  # False: a contact, the connection closed before a whole request
     gone: trio.Event = field(default_factory=trio.Event)
 
     def record(self) -> ProviderCall:
         return ProviderCall(index=self.index, nonce=self.nonce, arrival_ns=self.arrival_ns,
                             tokens_sent=self.tokens_sent, first_token_ns=self.first_token_ns,
                             disconnected_ns=self.disconnected_ns,
-                            completed_ns=self.completed_ns, mode=self.mode)
+                            completed_ns=self.completed_ns, mode=self.mode,
+                            complete=self.complete)
 
 
 def _chunk(content: str) -> bytes:
@@ -158,21 +160,37 @@ class FakeProvider:
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        reading = _Reading(None)
         try:
             while True:
-                request, body = await _read_request(conn, stream)
+                request, body = await _read_request(conn, stream, reading)
                 if request is None:
                     return
+                reading.requests += 1
                 await self._handle(conn, stream, request, body)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
+                reading.started_ns, reading.received = None, 0
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return
         except Exception:  # one connection's failure must never stop the provider
             log.exception("fake provider: a connection failed")
         finally:
+            if reading.received and reading.started_ns is not None:
+                self._contact(reading.started_ns)
             await trio.aclose_forcefully(stream)
+
+    def _contact(self, started_ns: int) -> None:
+        """A request that began and never completed is still contact (conformance §2: a loser
+        that reached for the provider and was cut off mid-request). A connection that never
+        sent a byte is not: clients pre-open and idle-close connections without calling."""
+        now = time.monotonic_ns()
+        call = _Call(index=len(self.calls), nonce=None, arrival_ns=started_ns, mode="contact",
+                     disconnected_ns=now, complete=False)
+        call.gone.set()
+        self.calls.append(call)
+        self._wake()
 
     async def _handle(self, conn: h11.Connection, stream: trio.SocketStream,
                       request: h11.Request, raw: bytes) -> None:
@@ -277,14 +295,27 @@ class FakeProvider:
         return True
 
 
-async def _read_request(conn: h11.Connection,
-                        stream: trio.SocketStream) -> tuple[h11.Request | None, bytes]:
+@dataclass
+class _Reading:
+    """The request being read on one connection: when its first byte came, how many came."""
+
+    started_ns: int | None
+    received: int = 0
+    requests: int = 0
+
+
+async def _read_request(conn: h11.Connection, stream: trio.SocketStream, reading: _Reading
+                        ) -> tuple[h11.Request | None, bytes]:
     request: h11.Request | None = None
     body = bytearray()
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(65536)
+            if data:
+                if not reading.received:
+                    reading.started_ns = time.monotonic_ns()
+                reading.received += len(data)
             conn.receive_data(data)
             continue
         if isinstance(event, h11.Request):
@@ -294,6 +325,7 @@ async def _read_request(conn: h11.Connection,
             if len(body) > _MAX_BODY:
                 raise h11.RemoteProtocolError("request body too large")
         elif isinstance(event, h11.EndOfMessage):
+            reading.received = 0  # whole: from here on it is a call, not a contact
             return request, bytes(body)
         elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
             return None, b""

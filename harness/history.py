@@ -12,7 +12,9 @@ A *trial* is one race. Its evidence is three things, all plain data:
 - ``provider`` — the fake provider's ledger: one :class:`ProviderCall` per call it received,
   attributed to a request by the nonce in the last user message. ``None`` when the harness had no
   provider access (the target is not pointed at the fake provider): provider properties are then
-  ``unknown``, never ``valid``.
+  ``unknown``, never ``valid``. A connection that closed before it sent a complete request is a
+  *contact*, recorded with ``complete=False``, ``nonce=None``, ``arrival_ns`` = when it
+  connected and ``disconnected_ns`` = when it closed.
 - ``db`` — read-only database snapshots, or ``None`` without ``--dsn``.
 
 This module is pure: no sockets, no clock, no database. It defines the records and their JSON
@@ -25,7 +27,16 @@ Operation functions (``f``) and their ``value`` keys
 sent_ns}``; completion ``{status, code, run_id, active_run_id, chat_id, headers_ns,
 first_frame_ns, end_ns, frames: [type...], terminal, done, findings: [...], error}``.
 ``stop``: invoke ``{run_id?, chat_id?}``; ok ``{status, stopped}``.
-``runs`` / ``run``: invoke ``{chat_id}``; ok ``{status, runs: [{id, status}...]}``.
+``runs`` / ``run``: invoke ``{chat_id, phase}``; ok ``{status, runs: [{id, status}...],
+truncated?: bool}`` (``truncated``: the service's list had more pages than were read).
+
+Schema versions
+---------------
+The run record names the schema. Version 2 (this one) adds ``ProviderCall.complete`` (default
+``True``) and the end-of-trial marker: the engine writes the completed trial meta with
+``ended: true`` when a trial completes, and ``interrupted: true`` when it was cut off. Loading a
+version-2 file, a trial whose meta never got ``ended: true`` (and was not ``skipped``) is marked
+``interrupted`` (the run was killed before it could say so). Version 1 files load as they are.
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ from typing import Any, Literal, TextIO, TypeVar
 T = TypeVar("T")
 OpType = Literal["invoke", "ok", "fail", "info"]
 OP_TYPES: tuple[str, ...] = ("invoke", "ok", "fail", "info")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)  # what loads_trials reads
 
 
 class HistoryError(ValueError):
@@ -71,6 +83,7 @@ class ProviderCall:
     disconnected_ns: int | None = None  # the caller went away before the end
     completed_ns: int | None = None     # the provider ended the stream itself
     mode: str = "finish"
+    complete: bool = True  # False: a contact, the connection closed before a whole request
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,9 @@ class DbSnapshot:
 class Trial:
     """All evidence of one trial. ``meta`` holds the configuration and release timing:
     ``{trial, seed, n, sync, chat_id, release_ns, send_spread_ns, losers_fast_bound_ms,
-    target, provider_access: bool, db_access: bool, ...}``."""
+    target, provider_access: bool, db_access: bool, ended: bool, interrupted: bool,
+    conflict_holder_id: bool, ...}`` (``ended``: the trial completed; ``interrupted``: it was
+    cut off; ``conflict_holder_id: false``: the target's 409 cannot name the holder)."""
 
     meta: dict[str, Any]
     ops: list[Op] = field(default_factory=list)
@@ -255,9 +270,10 @@ def loads_trials(text: str) -> tuple[dict[str, Any], list[Trial]]:
         kind = record.pop("kind")
         try:
             if kind == "run":
-                if record.get("schema") != SCHEMA_VERSION:
-                    raise HistoryError(f"line {lineno}: schema {record.get('schema')!r} "
-                                       f"is not {SCHEMA_VERSION}")
+                schema = record.get("schema")
+                if isinstance(schema, bool) or schema not in SCHEMA_VERSIONS:
+                    raise HistoryError(f"line {lineno}: schema {schema!r} is not one of "
+                                       f"{', '.join(map(str, SCHEMA_VERSIONS))}")
                 run_meta = record
             elif kind == "trial":  # a later record for the same trial completes its meta
                 number = int(record["trial"])
@@ -287,6 +303,10 @@ def loads_trials(text: str) -> tuple[dict[str, Any], list[Trial]]:
                 raise HistoryError(f"line {lineno}: unknown kind {kind!r}")
         except (KeyError, TypeError) as exc:
             raise HistoryError(f"line {lineno}: bad {kind!r} record: {exc}") from None
+    if run_meta.get("schema", 1) != 1:  # since version 2 a completed trial says so
+        for trial in trials.values():
+            if trial.meta.get("ended") is not True and not trial.meta.get("skipped"):
+                trial.meta["interrupted"] = True
     return run_meta, [trials[k] for k in sorted(trials)]
 
 

@@ -17,6 +17,8 @@ import trio
 from harness.history import DbSnapshot, MessageRow, RunRow
 from harness.target import Target
 
+RUNS_PAGE_LIMIT = 200  # the largest /runs page protocol.md §4 allows
+
 
 class ServiceClient:
     """The protocol routes other than the raced stream: stop, run, runs, health."""
@@ -46,18 +48,30 @@ class ServiceClient:
 
     async def runs(self, chat_id: str, status: str | None = None,
                    token: str | None = None) -> tuple[int, list[dict[str, Any]] | None]:
+        code, items, _ = await self.runs_page(chat_id, status, token)
+        return code, items
+
+    async def runs_page(self, chat_id: str, status: str | None = None,
+                        token: str | None = None
+                        ) -> tuple[int, list[dict[str, Any]] | None, bool]:
+        """``/runs`` (newest first, the largest page the protocol allows): (status, runs,
+        truncated). ``truncated`` is True when the service said more pages follow
+        (``nextCursor``), so a run missing from the list is not evidence it does not exist."""
         path = self.target.profile.paths.runs
         if not path:
-            return 0, None
-        params = {"chatId": chat_id, **({"status": status} if status else {})}
+            return 0, None, False
+        params = {"chatId": chat_id, "limit": str(RUNS_PAGE_LIMIT),
+                  **({"status": status} if status else {})}
         resp = await self._client.get(path, params=params, headers=self._headers(token))
         if resp.status_code != 200:
-            return resp.status_code, None
-        items = _data(resp).get("items")
+            return resp.status_code, None, False
+        data = _data(resp)
+        items = data.get("items")
         if not isinstance(items, list):
-            return resp.status_code, None
+            return resp.status_code, None, False
         return resp.status_code, [{"id": i.get("id"), "status": i.get("status")}
-                                  for i in items if isinstance(i, dict)]
+                                  for i in items if isinstance(i, dict)], bool(
+                                      data.get("nextCursor"))
 
     async def latest(self, chat_id: str, token: str | None = None
                      ) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
