@@ -169,6 +169,23 @@ def _add_target_options(p: argparse.ArgumentParser, *, n_default: int | None,
                    choices=("autonomous-runs", "disconnect-stops"),
                    help="declare how --target treats a client disconnect, so the disconnect "
                         "scenarios can run: autonomous-runs or disconnect-stops")
+    p.add_argument("--provider-timeout", type=_positive, metavar="S",
+                   help="--target only: the target's provider read timeout in seconds "
+                        "(provider-stall runs only when it is declared)")
+    p.add_argument("--lease", type=_positive, metavar="S",
+                   help="--target only: the target's run lease in seconds (long-hold runs "
+                        "only when it and --heartbeat are declared)")
+    p.add_argument("--heartbeat", type=_positive, metavar="S",
+                   help="--target only: the target's lease renewal interval in seconds")
+    p.add_argument("--answer-timeout", type=_positive, default=10.0, metavar="S",
+                   help="how long a request may go unanswered before it counts as a hang "
+                        "(default 10)")
+    p.add_argument("--max-wait", type=_positive, default=120.0, metavar="S",
+                   help="--target only: skip a scenario whose waits, derived from the "
+                        "declared settings, exceed S seconds (default 120)")
+    p.add_argument("--strict", action="store_true",
+                   help="a skipped scenario makes the run inconclusive (exit 3): what was not "
+                        "tested is not passed")
     p.add_argument("--chat-id", help="race on this existing idle chat instead of a new one")
     p.add_argument("--fault", action="append", type=_fault_name, default=[], metavar="NAME",
                    help="embedded only: switch a known bug on in the reference (repeatable)")

@@ -17,6 +17,7 @@ from harness.cli import EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE, MAX_N
 from harness.embedded import EmbeddedStartError
 from harness.engine import RaceConfig, TargetUnreachable
 from harness.postgres import PostgresUnavailable
+from harness.preflight import PreflightError
 from harness.race import Interrupted, RaceOptions, run_race, run_scenarios
 from harness.report import verdict_table
 from harness.scenario import Scenario, ScenarioError, catalogue, resolve
@@ -49,16 +50,31 @@ def _options(args: argparse.Namespace) -> RaceOptions:
         elif args.dsn or args.provider_listen or args.chat_id or args.capability:
             raise UsageError("--dsn, --provider-listen, --chat-id and --capability need "
                              "--target")
+        elif args.provider_timeout or args.lease or args.heartbeat:
+            raise UsageError("--provider-timeout, --lease and --heartbeat describe a --target; "
+                             "the embedded reference runs with each scenario's own settings")
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    declared = profile.service.declared()
+    for name, flag in (("provider_timeout_s", "provider_timeout"), ("lease_s", "lease"),
+                       ("heartbeat_s", "heartbeat")):
+        if getattr(args, flag) is not None:
+            declared[name] = getattr(args, flag)
+    if "lease_s" in declared and "heartbeat_s" in declared and \
+            declared["lease_s"] <= declared["heartbeat_s"]:
+        raise UsageError(f"--lease ({declared['lease_s']:g}) must exceed --heartbeat "
+                         f"({declared['heartbeat_s']:g}): a live run would expire between "
+                         "heartbeats")
     return RaceOptions(
         config=RaceConfig(n=n or 50, sync=args.sync, chat_id=args.chat_id,
-                          losers_fast_bound_ms=args.losers_fast_ms),
+                          losers_fast_bound_ms=args.losers_fast_ms,
+                          answer_timeout_s=args.answer_timeout),
         trials=trials, n=n, seed=args.seed, target=target, dsn=args.dsn,
         provider_listen=args.provider_listen, provider_url=args.provider_url,
         faults=tuple(args.fault), capabilities=frozenset(args.capability),
         report_dir=None if args.report is None else Path(args.report),
-        progress=sys.stderr.isatty(), command=args.command)
+        progress=sys.stderr.isatty(), command=args.command, service_settings=declared,
+        strict=args.strict, max_wait_s=args.max_wait)
 
 
 def _scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -88,6 +104,9 @@ def run_command(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except PreflightError as exc:
+        print(f"{name}: preflight: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (PostgresUnavailable, EmbeddedStartError, TargetUnreachable) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -118,7 +137,11 @@ def list_scenarios() -> int:
     except ScenarioError as exc:  # a broken shipped file is our bug, but say it plainly
         print(f"harness scenarios: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from harness.scenario import SERVICE_SETTINGS
+
     for scenario in scenarios.values():
         needs = f"  [needs {', '.join(sorted(scenario.requires))}]" if scenario.requires else ""
-        print(f"{scenario.name:28} {scenario.summary}{needs}")
+        assumes = "" if not scenario.assumes else "  [assumes " + ", ".join(
+            f"{SERVICE_SETTINGS[name][0]}" for name in scenario.assumes) + " on a --target]"
+        print(f"{scenario.name:28} {scenario.summary}{needs}{assumes}")
     return 0

@@ -27,9 +27,10 @@ from harness.engine import RaceConfig, TrialContext, losers_fast_bound_ms
 from harness.fake_provider import FakeProvider
 from harness.history import HistoryWriter, Trial
 from harness.observe import DbObserver, ServiceClient
-from harness.program import StepNotAvailable, run_scenario_trial
+from harness.preflight import check_database, preflight_turn
+from harness.program import StepNotAvailable, planned_wait_s, run_scenario_trial
 from harness.report import build_report
-from harness.scenario import Scenario, catalogue
+from harness.scenario import SERVICE_SETTINGS, Scenario, catalogue
 from harness.target import Target
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class RaceOptions:
     report_dir: Path | None = None
     progress: bool = False
     command: str = "race"
+    # What the target is configured with (scenario.SERVICE_SETTINGS), as declared by the user.
+    service_settings: dict[str, float] = field(default_factory=dict)
+    strict: bool = False          # a skipped scenario makes the run inconclusive (exit 3)
+    max_wait_s: float = 120.0     # against a target, skip a scenario that would wait longer
 
 
 @dataclass
@@ -153,6 +158,12 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                 provider = FakeProvider()
                 host, port = opts.provider_listen or ("127.0.0.1", 0)
                 await nursery.start(provider.serve, host, port)
+            if not embedded:  # no verdict on a set-up that cannot give one (preflight.py)
+                assert opts.target is not None
+                if opts.dsn:
+                    await trio.to_thread.run_sync(check_database, opts.dsn)
+                await preflight_turn(opts.target, provider, opts.provider_url,
+                                     opts.config.answer_timeout_s)
             cluster = await stack.enter_async_context(embedded_postgres()) if embedded else None
             if writer is not None:
                 writer.header({"target": "embedded" if embedded else opts.target.base_url,  # type: ignore[union-attr]
@@ -170,6 +181,10 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                     skipped[scenario.name] = "needs " + ", ".join(
                         f"{m} ({_capability_hint(m)})" for m in missing)
                     continue
+                settings, why_not = scenario_settings(opts, scenario, embedded)
+                if why_not:
+                    skipped[scenario.name] = why_not
+                    continue
                 async with AsyncExitStack() as per_scenario:
                     if embedded:
                         assert provider is not None and cluster is not None
@@ -180,6 +195,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                               lease_s=scenario.lease_s,
                                               instances=scenario.instances,
                                               provider_timeout_s=scenario.provider_timeout_s,
+                                              heartbeat_s=scenario.heartbeat_s,
                                               server=_server_for(opts, scenario)))
                         targets, control = service.targets, service
                         dsn: str | None = service.dsn
@@ -191,7 +207,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                         per_scenario.push_async_callback(svc.aclose)
                     n = opts.n or scenario.n
                     db = DbObserver(dsn, limiter_size=max(8, n)) if dsn else None
-                    if db is not None:
+                    if db is not None and embedded:
                         await trio.to_thread.run_sync(db.check)
                     shared: dict[str, Any] = {}
                     count = opts.trials or scenario.trials
@@ -202,7 +218,8 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                 target=targets[0], config=replace(opts.config, n=n),
                                 provider=provider, db=db, service=services[0],
                                 trial_no=len(trials), seed=seed, writer=writer,
-                                targets=targets, services=services, control=control)
+                                targets=targets, services=services, control=control,
+                                settings=settings)
                             try:
                                 trial = await run_scenario_trial(ctx, scenario, shared)
                             finally:
@@ -220,6 +237,30 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
         if writer_file is not None:
             writer_file.close()
     return _outcome(opts, scenarios, base_seed, trials, results, skipped)
+
+
+def scenario_settings(opts: RaceOptions, scenario: Scenario, embedded: bool
+                      ) -> tuple[dict[str, float], str | None]:
+    """The service settings a scenario's trials run with, or why it cannot run. On the
+    embedded stack they are the scenario's own (the reference is started with them); against
+    a target, the declared ones — a setting the scenario assumes that was not declared skips
+    it, and so does a wait over ``--max-wait`` (a 300 s provider timeout makes provider-stall
+    wait 455 s)."""
+    if embedded:
+        return scenario.assumes, None
+    declared = opts.service_settings
+    undeclared = [name for name in scenario.assumes if name not in declared]
+    if undeclared:
+        return {}, "assumes " + "; ".join(
+            f"{SERVICE_SETTINGS[name][1]} (declare it with {SERVICE_SETTINGS[name][0]} S or "
+            f"[service] {name} in the profile)" for name in undeclared)
+    settings = {name: declared[name] for name in scenario.assumes}
+    wait = planned_wait_s(scenario, settings, opts.config.answer_timeout_s)
+    if wait > opts.max_wait_s:
+        shown = ", ".join(f"{name} = {value:g}" for name, value in settings.items())
+        return {}, (f"would wait {wait:.0f} s for the declared {shown}, over --max-wait "
+                    f"{opts.max_wait_s:g} s")
+    return settings, None
 
 
 def _server_for(opts: RaceOptions, scenario: Scenario) -> str:
@@ -280,6 +321,9 @@ def _outcome(opts: RaceOptions, scenarios: Sequence[Scenario], base_seed: int,
         for s in scenarios}
     if not trials:
         report["verdict"], report["exit_code"] = "unknown", 3
+    report["strict"] = opts.strict
+    if opts.strict and skipped and report["exit_code"] == 0:  # not tested is not passed
+        report["verdict"], report["exit_code"] = "unknown", 3
     if opts.report_dir is not None:
         from harness.render import write_reports
 
@@ -318,6 +362,7 @@ def check_history(path: Path, properties: Sequence[str] | None = None
     from harness.history import loads_trials
 
     run_meta, trials = loads_trials(path.read_text(encoding="utf-8"))
+    trials = [t for t in trials if not t.meta.get("skipped")]  # a skipped scenario's start
     known = catalogue()
     results = []
     for trial in trials:

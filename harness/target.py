@@ -18,6 +18,11 @@ differ is described by a TOML file, so it can be tested without code changes::
     status = 409
     code = "A_RUN_ALREADY_ACTIVE"
 
+    [service]                       # what the deployment is configured with (optional; the
+    provider_timeout_s = 300        # flags --provider-timeout, --lease, --heartbeat win):
+    lease_s = 30                    # scenarios that rely on one run only when it is declared
+    heartbeat_s = 5
+
 Errors name the file, the field and the value.
 """
 
@@ -59,13 +64,27 @@ class Conflict:
 
 
 @dataclass(frozen=True)
+class Service:
+    """The deployment's settings the scenarios may rely on (scenario.SERVICE_SETTINGS)."""
+
+    provider_timeout_s: float | None = None
+    lease_s: float | None = None
+    heartbeat_s: float | None = None
+
+    def declared(self) -> dict[str, float]:
+        return {f.name: value for f in fields(self) if (value := getattr(self, f.name))}
+
+
+@dataclass(frozen=True)
 class Profile:
     paths: Paths = field(default_factory=Paths)
     auth: Auth = field(default_factory=Auth)
     conflict: Conflict = field(default_factory=Conflict)
+    service: Service = field(default_factory=Service)
 
 
-_SECTIONS: dict[str, type] = {"paths": Paths, "auth": Auth, "conflict": Conflict}
+_SECTIONS: dict[str, type] = {"paths": Paths, "auth": Auth, "conflict": Conflict,
+                              "service": Service}
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -93,6 +112,12 @@ def load_profile(path: str | Path) -> Profile:
             if key not in known:
                 raise ConfigError(f"{where}: {section}.{key}: unknown field; expected one of "
                                   f"{', '.join(known)}")
+            if section == "service":
+                if isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
+                    raise ConfigError(f"{where}: {section}.{key}: expected a number of "
+                                      f"seconds > 0, got {item!r}")
+                updates[key] = float(item)
+                continue
             expected = int if known[key].type in ("int", int) else str
             if type(item) is not expected:
                 raise ConfigError(f"{where}: {section}.{key}: expected "

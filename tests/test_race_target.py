@@ -126,8 +126,8 @@ def test_a_wrong_token_is_a_target_error_not_a_verdict(
     code = main(["race", "--n", "2", "--target", deployment.url, "--token", "wrong-token",
                  "--insecure"])
     captured = capsys.readouterr()
-    assert code == 4
-    assert "the set-up turn was refused with 401: check --token" in captured.err
+    assert code == 2  # configuration, said by the preflight before any trial
+    assert "the target refused the token: 401" in captured.err
     assert "wrong-token" not in captured.err + captured.out
 
 
