@@ -299,6 +299,7 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
                             faults: Sequence[str] = (), autonomous_runs: bool = False,
                             lease_s: float | None = None, instances: int = 1,
                             provider_timeout_s: float | None = None,
+                            heartbeat_s: float | None = None,
                             server: str = "uvicorn",
                             ) -> AsyncIterator[EmbeddedService]:
     t0 = time.monotonic()
@@ -314,8 +315,9 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
            "REFERENCE_PARENT_PID": str(os.getpid()),  # the reference exits if we die
            "REFERENCE_SERVER": server,  # hypercorn speaks HTTP/2 (h2c and TLS ALPN)
            "AUTONOMOUS_RUNS": "true" if autonomous_runs else "false",
-           "HEARTBEAT_INTERVAL_S": str(min(1.0, lease / 3)), "LEASE_S": str(lease),
-           "REAPER_INTERVAL_S": str(min(2.0, lease / 2)), "POOL_MAX_SIZE": "10",
+           "HEARTBEAT_INTERVAL_S": str(heartbeat_s or min(1.0, lease / 3)), "LEASE_S": str(lease),
+           # the reaper as often as the heartbeat when a scenario sets one (long-hold)
+           "REAPER_INTERVAL_S": str(heartbeat_s or min(2.0, lease / 2)), "POOL_MAX_SIZE": "10",
            **({"PROVIDER_READ_TIMEOUT_S": str(provider_timeout_s)} if provider_timeout_s
               else {})}
     try:

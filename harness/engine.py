@@ -114,6 +114,9 @@ class TrialContext:
     targets: list[Target] = field(default_factory=list)    # several instances (multi-instance)
     services: list[ServiceClient] = field(default_factory=list)
     control: Any = None  # the embedded service (kill, restart, database failures) or None
+    # The service settings the scenario assumes (scenario.SERVICE_SETTINGS), with the values
+    # in force: the scenario's own on the embedded stack, the declared ones on a target.
+    settings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.targets = self.targets or [self.target]

@@ -36,6 +36,7 @@ P_HOLDER, P_SETUP, P_RELEASED, P_STOP, P_OBSERVE, P_CLEANUP, P_PROBE = (
     10_000, 10_001, 10_002, 10_003, 10_004, 10_005, 10_100)
 P_DATABASE = 10_006
 H2_SYNC = "h2-single-packet"
+ACTIVE = ("pending", "running")
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class Program:
         n = step.arg("n", cfg.n)
         sync = step.arg("sync", cfg.sync)
         release = step.arg("release", "together")
+        self._delays_ms: tuple[int, ...] = step.arg("delays_ms", ())
         distinct = step.arg("chats", "same") == "distinct"
         per_chat = max(1, step.arg("per-chat", 1))  # racers on each distinct chat
         if distinct and len(st.chats) * per_chat < n:
@@ -310,9 +312,12 @@ class Program:
             await _send_whole(racers[0])
             with trio.move_on_after(self.bound_s):
                 await racers[0].answered.wait()
+            delays = self._delays_ms or (0,)  # each later turn this long after the answer
+            answered = trio.current_time()
             async with trio.open_nursery() as senders:
-                for racer in racers[1:]:
-                    senders.start_soon(_send_whole, racer)
+                for k, racer in enumerate(racers[1:]):
+                    senders.start_soon(_send_whole_at, racer,
+                                       answered + delays[k % len(delays)] / 1000)
             return release_ns
         if sync == "naive":
             release_ns = time.monotonic_ns()
@@ -329,21 +334,62 @@ class Program:
     # -- observing --------------------------------------------------------------------------
 
     async def step_observe(self, step: Step) -> None:
-        phase = step.arg("phase", "held")
         chat_id = self.state.chat_id
         if chat_id is None:
             raise StepNotAvailable("observe: no chat yet")
+        await self._observe(step.arg("phase", "held"), chat_id)
+
+    async def _observe(self, phase: str, chat_id: str) -> list[dict[str, Any]] | None:
+        """One ``/runs`` answer for the chat (recorded as a ``runs`` op) and, with database
+        access, a snapshot, both labelled ``phase``; returns the runs listed (None: no list)."""
+        runs: list[dict[str, Any]] | None = None
         if self.ctx.target.profile.paths.runs:
             self.rec.add("invoke", "runs", P_OBSERVE, None, {"chat_id": chat_id, "phase": phase})
             try:
                 with trio.fail_after(self.bound_s):
-                    status, runs = await self.ctx.service.runs(chat_id)
+                    status, runs, truncated = await self.ctx.service.runs_page(chat_id)
             except Exception as exc:  # noqa: BLE001 - the target's failure is a finding
                 self.rec.add("info", "runs", P_OBSERVE, None,
                              {"phase": phase, "error": type(exc).__name__})
             else:
                 self.rec.add("ok", "runs", P_OBSERVE, None,
-                             {"phase": phase, "status": status, "runs": runs})
+                             {"phase": phase, "status": status, "runs": runs,
+                              "truncated": truncated})
+        if self.ctx.db is not None:
+            self.state.snapshots.append(await self.ctx.db.snapshot(chat_id, phase))
+        return runs
+
+    async def _observe_until_ended(self, chat_id: str, run_id: str, phase: str,
+                                   bound_s: float) -> None:
+        """Poll ``/runs`` until ``run_id`` is listed and no longer active, or ``bound_s``
+        passes; record only the last answer (a terminal write may land just after the stream
+        ended, so one early look would blame a correct service). Then a database snapshot."""
+        paths = self.ctx.target.profile.paths
+        if not paths.runs:
+            await self._final_run(P_OBSERVE, chat_id, phase, bound_s, run_id)
+            if self.ctx.db is not None:
+                self.state.snapshots.append(await self.ctx.db.snapshot(chat_id, phase))
+            return
+        self.rec.add("invoke", "runs", P_OBSERVE, None,
+                     {"chat_id": chat_id, "phase": phase, "run_id": run_id})
+        answer: dict[str, Any] = {"phase": phase, "status": 0, "runs": [], "truncated": False}
+        kind: OpType = "info"
+        with trio.move_on_after(bound_s):
+            while True:
+                try:
+                    with trio.fail_after(self.bound_s):
+                        status, runs, truncated = await self.ctx.service.runs_page(chat_id)
+                except Exception as exc:  # noqa: BLE001 - no answer yet: poll within the bound
+                    answer["error"] = type(exc).__name__
+                else:
+                    kind = "ok"
+                    answer = {"phase": phase, "status": status, "runs": runs or [],
+                              "truncated": truncated}
+                    mine = [r for r in runs or [] if r.get("id") == run_id]
+                    if status == 200 and mine and mine[0].get("status") not in ACTIVE:
+                        break
+                await trio.sleep(0.05)  # polling the service's own view: no event to wait on
+        self.rec.add(kind, "runs", P_OBSERVE, None, answer)
         if self.ctx.db is not None:
             self.state.snapshots.append(await self.ctx.db.snapshot(chat_id, phase))
 
@@ -355,8 +401,11 @@ class Program:
             self.meta["expected_content"] = "".join(self.ctx.provider.tokens)
         if self.state.chat_id is None:
             raise StepNotAvailable("wait-run-end: no chat yet")
-        await self._final_run(P_OBSERVE, self.state.chat_id, "final",
-                              step.arg("within_s", self.bound_s), self.state.winner_run_id())
+        within = step.arg("within_s", None)
+        if within is None:
+            within = run_end_bound_s(self.ctx.settings, self.bound_s)
+        await self._final_run(P_OBSERVE, self.state.chat_id, "final", within,
+                              self.state.winner_run_id())
 
     # -- stopping, disconnecting, draining --------------------------------------------------
 
@@ -385,6 +434,9 @@ class Program:
         if provider is not None:
             with trio.move_on_after(bound):
                 await provider.wait_disconnected(st.nonces[st.winner])
+        observed = st.chat_id or chat
+        if observed is not None:  # the evidence the stop took effect in the service's records
+            await self._observe_until_ended(observed, run_id, "after-stop", bound)
 
     async def step_disconnect_winner(self, step: Step) -> None:
         st = self.state
@@ -532,12 +584,82 @@ class Program:
                 "status": message.get("status"), "content": str(message.get("content"))[:2000]},
         })
 
+    # -- a long hold: the service's own clocks (heartbeat, lease, reaper) run -----------------
+
+    async def step_hold_past(self, step: Step) -> None:
+        """Keep the winner held while the service's heartbeat renews its lease several times
+        and the lease itself runs out once over: a lease that is not renewed, or is written
+        shorter than the heartbeat, has then expired, and a reaper has had its turn. The wait
+        is the point of the step (the service's clock must move), not a synchronisation."""
+        settings = self.ctx.settings
+        if "heartbeat_s" not in settings or "lease_s" not in settings:
+            raise StepNotAvailable("hold-past: needs the service's heartbeat interval and lease "
+                                   "(--heartbeat S and --lease S)")
+        hold = hold_past_s(settings, step.arg("intervals", 3))
+        self.meta["held_s"] = round(hold, 3)
+        await trio.sleep(hold)
+
+    async def step_late_turns(self, step: Step) -> None:
+        """While the winner is still held: one more turn on the chat, answered before a burst
+        of ``n`` more, all recorded as racers (the same properties judge them: each must get
+        409 naming the holder, and none may win)."""
+        ctx, st = self.ctx, self.state
+        if st.chat_id is None:
+            raise StepNotAvailable("late-turns: no chat yet")
+        n = step.arg("n", ctx.config.n)
+        base = len(st.racers)
+        nonces = [ctx.nonce(f"late{k}") for k in range(n + 1)]
+        self._provider_modes({nonce: "hold" for nonce in nonces})
+        racers = [ctx.racer(race_text(nonce, "racer"), st.chat_id,
+                            instance=(base + k) % len(ctx.targets))
+                  for k, nonce in enumerate(nonces)]
+        st.racers += racers
+        st.nonces += nonces
+        first = racers[0]
+        try:
+            with trio.fail_after(ctx.config.connect_timeout_s):
+                await first.connect()
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            st.failed[base] = f"{type(exc).__name__}: {exc}"
+        else:
+            st.readers.start_soon(first.read_response)
+            await _send_whole(first)
+            with trio.move_on_after(self.bound_s):
+                await first.answered.wait()
+        self._record_invokes([base], first.sent_ns or time.monotonic_ns())
+        async with trio.open_nursery() as nursery:
+            for k, racer in enumerate(racers[1:], base + 1):
+                nursery.start_soon(self._prepare, k, racer, True)
+        live = [k for k in range(base + 1, base + 1 + n) if k not in st.failed]
+        for k in live:
+            st.readers.start_soon(st.racers[k].read_response)
+        await trio.sleep(ctx.config.settle_ms / 1000)  # let the server take every prefix
+        release_ns, _ = await release_last_bytes([st.racers[k] for k in live])
+        self._record_invokes(list(range(base + 1, base + 1 + n)), release_ns)
+        with trio.move_on_after(self.bound_s):
+            for k in live:
+                await st.racers[k].answered.wait()
+
+    def _record_invokes(self, indices: list[int], release_ns: int) -> None:
+        st = self.state
+        for i in indices:
+            if i in st.failed:
+                self.rec.add("invoke", "turn", i, st.nonces[i],
+                             {"role": "racer", "chat_id": st.chat_id}, time_ns=release_ns)
+                self.rec.add("fail", "turn", i, st.nonces[i], {"error": st.failed[i]})
+                continue
+            sent = st.racers[i].sent_ns
+            self.rec.add("invoke", "turn", i, st.nonces[i],
+                         {"role": "racer", "chat_id": st.chat_id, "sent_ns": sent},
+                         time_ns=sent or release_ns)
+
     # -- stale stops, foreign users, bad input ----------------------------------------------
 
     async def step_stale_stop(self, step: Step) -> None:
         """``/stop`` aimed at the chat's previous (ended) run while a newer run is live."""
         if self.state.previous_run_id is None:
             raise StepNotAvailable("stale-stop: no ended run to aim at (new-chat makes one)")
+        await self.step_observe(Step("observe", {"phase": "before-stale"}))
         await self._stop(self.state.previous_run_id, "stale")
         await self.step_observe(Step("observe", {"phase": "after-stale"}))
 
@@ -547,19 +669,21 @@ class Program:
         if other is None or chat_id is None:
             raise StepNotAvailable("foreign-user: needs --other-token and a chat")
         paths = self.ctx.target.profile.paths
+        nonce = self.ctx.nonce("foreign")
+        await self.step_observe(Step("observe", {"phase": "before-foreign"}))
         probes: list[tuple[str, str, dict[str, Any]]] = [
-            ("stream", paths.stream, {"content": turn_body(
-                race_text(self.ctx.nonce("foreign"), "foreign"), chat_id),
-                "headers": {"content-type": "application/json"}}),
+            ("stream", paths.stream, {"content": turn_body(race_text(nonce, "foreign"), chat_id),
+                                      "headers": {"content-type": "application/json"}}),
             ("stop-run", paths.stop, {"json": {"runId": run_id}}),
             ("stop-chat", paths.stop, {"json": {"chatId": chat_id}}),
             ("run", paths.run, {"json": {"chatId": chat_id}}),
         ]
         for k, (label, path, kwargs) in enumerate(probes):
-            self.rec.add("invoke", "probe", P_PROBE + k, None,
+            tag = nonce if label == "stream" else None  # its provider call would carry it
+            self.rec.add("invoke", "probe", P_PROBE + k, tag,
                          {"role": "foreign", "label": label, "expect_status": 403})
             status = await self._probe("POST", path, other, **kwargs)
-            self.rec.add("ok" if status else "info", "probe", P_PROBE + k, None,
+            self.rec.add("ok" if status else "info", "probe", P_PROBE + k, tag,
                          {"status": status})
         if paths.runs:
             k = len(probes)
@@ -637,7 +761,7 @@ class Program:
         self.meta["expect_reclaim"] = True
         if self.state.chat_id is None:
             raise StepNotAvailable("expire-lease: no chat yet")
-        lease_s = self.scenario.lease_s or 10.0
+        lease_s = self.ctx.settings.get("lease_s") or self.scenario.lease_s or 10.0
         await self._final_run(P_OBSERVE, self.state.chat_id, "reclaimed", 3 * lease_s + 5,
                               self.state.winner_run_id())
 
@@ -759,6 +883,11 @@ async def _send_whole(racer: Racer) -> None:
         racer.finished.set()
 
 
+async def _send_whole_at(racer: Racer, deadline: float) -> None:
+    await trio.sleep_until(deadline)  # a planned send time, not a wait for a condition
+    await _send_whole(racer)
+
+
 def _stream_attr(racer: Racer, name: str) -> str | None:
     """``run_id`` or ``chat_id`` from the racer's start frame, if it had one."""
     stream = racer.response.stream
@@ -775,6 +904,32 @@ def _first_winner(racers: list[Racer]) -> int | None:
     tracked = [i for i in winners if _stream_attr(racers[i], "run_id")]
     pool = tracked or winners
     return min(pool, key=lambda i: racers[i].response.headers_ns or 0) if pool else None
+
+
+def run_end_bound_s(settings: dict[str, float], default_s: float) -> float:
+    """How long a run may take to end on its own: past the service's provider read timeout
+    (when the scenario relies on it) with a margin, else the answer bound."""
+    timeout = settings.get("provider_timeout_s")
+    return default_s if timeout is None else timeout * 1.5 + 5
+
+
+def hold_past_s(settings: dict[str, float], intervals: int) -> float:
+    """hold-past's wait: ``intervals`` heartbeats, and at least the lease plus two heartbeats."""
+    heartbeat, lease = settings["heartbeat_s"], settings["lease_s"]
+    return max(intervals * heartbeat, lease + 2 * heartbeat)
+
+
+def planned_wait_s(scenario: Scenario, settings: dict[str, float], answer_s: float) -> float:
+    """The waits a scenario's steps take from the service's settings (what --max-wait caps)."""
+    total = 0.0
+    for step in scenario.steps:
+        if step.do == "wait-run-end" and step.arg("within_s", None) is None:
+            total += run_end_bound_s(settings, answer_s)
+        elif step.do == "hold-past" and {"heartbeat_s", "lease_s"} <= settings.keys():
+            total += hold_past_s(settings, step.arg("intervals", 3))
+        elif step.do == "expire-lease" and "lease_s" in settings:
+            total += 3 * settings["lease_s"] + 5
+    return total
 
 
 def _setup_problem(setup: dict[str, Any]) -> str:
@@ -797,6 +952,23 @@ async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
         "stop_bound_ms": cfg.stop_bound_ms, "provider_access": ctx.provider is not None,
         "db_access": ctx.db is not None, "instances": len(ctx.targets),
     }
+    ended = False
+    try:
+        trial = await _steps(ctx, scenario, shared, rec, meta)
+        ended = True
+        return trial
+    except StepNotAvailable as exc:
+        ended = True
+        if ctx.writer is not None:  # not a verdict: `harness check` leaves it out
+            ctx.writer.trial_start({"trial": ctx.trial_no, "skipped": str(exc)})
+        raise
+    finally:
+        if not ended and ctx.writer is not None:  # cut off (Ctrl-C, a crash): say so
+            ctx.writer.trial_start({"trial": ctx.trial_no, "interrupted": True})
+
+
+async def _steps(ctx: TrialContext, scenario: Scenario, shared: dict[str, Any], rec: Recorder,
+                 meta: dict[str, Any]) -> Trial:
     provider = ctx.provider
     ledger_start = len(provider.calls) if provider is not None else 0
     if provider is not None:
@@ -824,6 +996,7 @@ async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
     if unavailable is not None:
         raise unavailable
     meta["chat_id"] = state.chat_id
+    meta["ended"] = True  # a history trial without it was cut off (history.py)
     if ctx.writer is not None:
         ctx.writer.trial_start(meta)  # the completed meta: chat, release instant, spread
     trial = Trial(meta=meta, ops=rec.ops,
@@ -836,17 +1009,26 @@ async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
 
 
 async def _cleanup(program: Program) -> None:
-    """Stop every run still active on the trial's chats (bounded; recorded)."""
+    """Record what the service lists for each of the trial's chats (phase ``cleanup``: the
+    evidence that every run the trial saw is one the service reports), then stop every run
+    still active there (bounded; recorded)."""
     ctx, st = program.ctx, program.state
     if not ctx.target.profile.paths.runs:
         return
     chats = [c for c in [st.chat_id, *st.chats] if c]
     with trio.move_on_after(10):
         for chat_id in chats:
+            program.rec.add("invoke", "runs", P_CLEANUP, None,
+                            {"chat_id": chat_id, "phase": "cleanup"})
             try:
-                status, runs = await ctx.service.runs(chat_id)
-            except Exception:  # noqa: BLE001 - best effort; the lease reclaims the rest
+                status, runs, truncated = await ctx.service.runs_page(chat_id)
+            except Exception as exc:  # noqa: BLE001 - best effort; the lease reclaims the rest
+                program.rec.add("info", "runs", P_CLEANUP, None,
+                                {"phase": "cleanup", "error": type(exc).__name__})
                 continue
+            program.rec.add("ok", "runs", P_CLEANUP, None,
+                            {"phase": "cleanup", "status": status, "runs": runs or [],
+                             "truncated": truncated})
             for run in runs or []:
-                if run.get("status") in ("pending", "running") and run.get("id"):
+                if run.get("status") in ACTIVE and run.get("id"):
                     await program._stop(str(run["id"]), "cleanup")

@@ -49,6 +49,17 @@ CAPABILITIES: dict[str, str] = {
     "multi-instance": "several instances of the service share one database",
 }
 
+# What a scenario may assume of the service's configuration. The embedded stack starts the
+# reference with the scenario's value; against a --target the user declares the deployment's
+# value (the flag, or [service] in the profile) and the scenario's waits are derived from it.
+# A scenario assuming a setting that is not declared for a target is skipped with the reason:
+# never run against a guess and failed.
+SERVICE_SETTINGS: dict[str, tuple[str, str]] = {
+    "provider_timeout_s": ("--provider-timeout", "the service's provider read timeout"),
+    "lease_s": ("--lease", "the service's run lease"),
+    "heartbeat_s": ("--heartbeat", "the service's lease renewal (heartbeat) interval"),
+}
+
 _ENUMS: dict[str, tuple[str, ...]] = {
     "sync": ("last-byte", "naive"),
     "chats": ("same", "distinct"),
@@ -64,7 +75,7 @@ STEPS: dict[str, dict[str, type]] = {
     "new-chats": {"n": int},
     "hold-turn": {},
     "burst": {"n": int, "sync": str, "chats": str, "per-chat": int, "provider": str,
-              "release": str},
+              "release": str, "delays_ms": list},
     "observe": {"phase": str},
     "stop-winner": {"via": str},
     "disconnect-winner": {},
@@ -84,12 +95,15 @@ STEPS: dict[str, dict[str, type]] = {
     "burst-into-outage": {"n": int},
     "burst-during-outage": {"n": int},
     "database-up": {"within_s": int},
+    "hold-past": {"intervals": int},
+    "late-turns": {"n": int},
 }
 
 _TOP: dict[str, type | tuple[type, ...]] = {
     "name": str, "summary": str, "n": int, "trials": int, "requires": list,
     "properties": list, "steps": list, "reuse_chat": bool, "instances": int,
     "autonomous_runs": bool, "lease_s": (int, float), "provider_timeout_s": (int, float),
+    "heartbeat_s": (int, float),
 }
 
 
@@ -120,7 +134,15 @@ class Scenario:
     autonomous_runs: bool = False
     lease_s: float | None = None
     provider_timeout_s: float | None = None  # the embedded reference's provider read timeout
+    heartbeat_s: float | None = None
     source: str = ""
+
+    @property
+    def assumes(self) -> dict[str, float]:
+        """The service settings this scenario relies on (SERVICE_SETTINGS), with the value
+        the embedded stack is started with."""
+        return {name: value for name in SERVICE_SETTINGS
+                if (value := getattr(self, name)) is not None}
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -153,7 +175,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
     for key in ("n", "trials", "instances"):
         if key in data and data[key] < 1:
             raise ScenarioError(f"{source}: {key}: expected an integer >= 1, got {data[key]!r}")
-    for key in ("lease_s", "provider_timeout_s"):
+    for key in SERVICE_SETTINGS:
         if key in data and not data[key] > 0:
             raise ScenarioError(f"{source}: {key}: expected a number > 0, got {data[key]!r}")
     properties = tuple(data["properties"])
@@ -178,7 +200,9 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         autonomous_runs=data.get("autonomous_runs", False),
         lease_s=None if "lease_s" not in data else float(data["lease_s"]),
         provider_timeout_s=(None if "provider_timeout_s" not in data
-                            else float(data["provider_timeout_s"])), source=source)
+                            else float(data["provider_timeout_s"])),
+        heartbeat_s=None if "heartbeat_s" not in data else float(data["heartbeat_s"]),
+        source=source)
 
 
 def _parse_step(source: str, i: int, raw: Any) -> Step:
@@ -202,7 +226,16 @@ def _parse_step(source: str, i: int, raw: Any) -> Step:
                                 f"got {value!r}")
         if signature[key] is int and value < 0:
             raise ScenarioError(f"{where}.{key}: expected an integer >= 0, got {value!r}")
+        if signature[key] is list:
+            if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+                                for v in value):
+                raise ScenarioError(f"{where}.{key}: expected a non-empty array of integers "
+                                    f">= 0, got {value!r}")
+            value = tuple(value)
         args[key] = value
+    if "delays_ms" in args and args.get("release") != "after-first-start":
+        raise ScenarioError(f"{where}.delays_ms: only with release = 'after-first-start', got "
+                            f"release = {args.get('release', 'together')!r}")
     return Step(do=do, args=args)
 
 
