@@ -94,7 +94,7 @@ def entry(nonce: str | None, mode: str, tokens_sent: int, *, first_token: bool,
           disconnected: bool = False, completed: bool = False, index: int = 0) -> dict[str, Any]:
     return {"index": index, "nonce": nonce, "arrival_ns": True, "tokens_sent": tokens_sent,
             "first_token_ns": first_token, "disconnected_ns": disconnected,
-            "completed_ns": completed, "mode": mode}
+            "completed_ns": completed, "mode": mode, "complete": True}
 
 
 def modes(**by_nonce: str) -> Callable[[str | None], str]:
@@ -414,5 +414,51 @@ def test_stall_ignores_releases_and_ends_only_when_the_caller_goes() -> None:
             with trio.fail_after(5):
                 await provider.wait_disconnected("s")
             assert provider.ledger()[0].disconnected_ns is not None
+
+    run(body)
+
+
+# -- contacts: a request cut off before it was whole ------------------------------------------
+
+async def _raw(provider: FakeProvider, data: bytes) -> None:
+    """Connect, send ``data`` (possibly nothing), close; then wait until the provider has seen
+    the connection end (every task blocked: its handler has returned)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", provider.port or 0)
+    if data:
+        await stream.send_all(data)
+    await stream.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def test_a_request_cut_off_midway_is_recorded_as_a_contact() -> None:
+    async def body() -> None:
+        async with serving() as (provider, _):
+            whole = json.dumps(chat_body("n1")).encode()
+            head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                    b"content-type: application/json\r\ncontent-length: "
+                    + str(len(whole)).encode() + b"\r\n\r\n")
+            await _raw(provider, head + whole[: len(whole) // 2])
+            [contact] = provider.ledger()
+            assert contact.complete is False and contact.nonce is None
+            assert contact.mode == "contact"
+            assert contact.disconnected_ns is not None
+            assert contact.disconnected_ns >= contact.arrival_ns
+            assert contact.tokens_sent == 0
+
+    run(body)
+
+
+def test_a_connection_that_sends_nothing_or_ends_after_whole_requests_is_no_contact() -> None:
+    """A pre-opened connection closed unused, and a keep-alive connection closed after its
+    requests, are not contacts: only a request that began and never completed is."""
+    async def body() -> None:
+        async with serving() as (provider, client):
+            await _raw(provider, b"")
+            resp = await client.post("/chat/completions", json=chat_body("n2"))
+            assert resp.status_code == 200
+            await client.aclose()  # the keep-alive connection ends after a whole request
+            await trio.testing.wait_all_tasks_blocked()
+            ledger = provider.ledger()
+            assert [(c.nonce, c.complete) for c in ledger] == [("n2", True)]
 
     run(body)

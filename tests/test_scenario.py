@@ -27,6 +27,8 @@ CONFORMANCE_CATALOGUE = [  # conformance.md §3, in its order
     # beyond §3: the provider faults of the reliability issue
     "provider-500-before-first-token", "provider-connection-drop", "provider-stall",
     "disconnect-storm-abort", "disconnect-storm-continue",
+    # the service's own clocks run: the winner held past its heartbeats and lease
+    "long-hold",
 ]
 
 MINIMAL = '''
@@ -58,6 +60,18 @@ def test_scenarios_needing_control_declare_it() -> None:
         assert "db-control" in scenarios[name].requires
     assert "multi-instance" in scenarios["multi-instance"].requires
     assert scenarios["multi-instance"].instances == 3
+
+
+def test_a_scenario_names_the_service_settings_it_assumes() -> None:
+    """What a scenario relies on of the service's configuration is declared in the file:
+    the embedded stack is started with it, and a --target must declare the same names."""
+    scenarios = catalogue()
+    assert scenarios["provider-stall"].assumes == {"provider_timeout_s": 1.0}
+    assert scenarios["long-hold"].assumes == {"lease_s": 1.5, "heartbeat_s": 0.3}
+    assert scenarios["crash-recovery"].assumes == {"lease_s": 3.0}
+    assert scenarios["same-chat-burst"].assumes == {}
+    burst = next(s for s in scenarios["sequential-double-submit"].steps if s.do == "burst")
+    assert burst.args["delays_ms"] == (0, 50, 500, 2000)
 
 
 def test_a_minimal_user_scenario_loads_with_defaults() -> None:
@@ -104,6 +118,15 @@ def test_resolve_takes_a_catalogue_name_or_a_file(tmp_path: Path) -> None:
     (("summary = \"a user's scenario\"\n", ""), "f.toml: summary: required"),
     (("[[steps]]\ndo = \"new-chat\"", "[[steps]]\ndo = \"new-chat\"\n[oops"),
      "f.toml: not valid TOML"),
+    (("n = 3", "delays_ms = [50]"),
+     "f.toml: steps[1].delays_ms: only with release = 'after-first-start', got release = "
+     "'together'"),
+    (("n = 3", "release = \"after-first-start\"\ndelays_ms = [50, -1]"),
+     "f.toml: steps[1].delays_ms: expected a non-empty array of integers >= 0, got [50, -1]"),
+    (("n = 3", "release = \"after-first-start\"\ndelays_ms = []"),
+     "f.toml: steps[1].delays_ms: expected a non-empty array of integers >= 0, got []"),
+    (("name = \"mine\"", "name = \"mine\"\nheartbeat_s = 0"),
+     "f.toml: heartbeat_s: expected a number > 0, got 0"),
 ])
 def test_loading_errors_name_the_file_the_field_and_the_value(
         edit: tuple[str, str], message: str) -> None:

@@ -71,8 +71,13 @@ def test_a_partial_profile_keeps_the_defaults(tmp_path: Path) -> None:
     ("[auth]\nscheme = 1\n", ["auth.scheme", "1"]),
     ('[paths]\nstop = "api/stop"\n', ["paths.stop", "'api/stop'"]),
     ("[paths\nstream = 1\n", ["not valid TOML"]),
+    ('[service]\nlease_s = "30"\n', ["service.lease_s", "'30'"]),
+    ("[service]\nprovider_timeout_s = 0\n", ["service.provider_timeout_s", "0"]),
+    ("[service]\nheartbeat_s = true\n", ["service.heartbeat_s", "True"]),
+    ("[service]\nreaper_s = 1\n", ["service.reaper_s", "unknown field"]),
 ], ids=["unknown-section", "section-not-table", "unknown-field", "status-string",
-        "status-bool", "status-float", "scheme-int", "path-relative", "invalid-toml"])
+        "status-bool", "status-float", "scheme-int", "path-relative", "invalid-toml",
+        "service-string", "service-zero", "service-bool", "service-unknown"])
 def test_a_bad_profile_names_file_field_and_value(tmp_path: Path, text: str,
                                                   names: list[str]) -> None:
     path = write(tmp_path, text)
@@ -168,6 +173,8 @@ def cli(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     ("race --provider-listen nocolon --target http://x --token t", "expected HOST:PORT"),
     ("race --provider-listen h:99999 --target http://x --token t", "expected 1-65535"),
     ("race --losers-fast-ms 0", "expected a number > 0"),
+    ("run x --provider-timeout -1", "--provider-timeout: expected a number > 0"),
+    ("race --max-wait abc", "--max-wait: expected a number, got 'abc'"),
     ("check", "history"),
 ])
 def test_a_flag_error_exits_2_naming_the_flag(argv: str, problem: str,
@@ -185,6 +192,8 @@ def test_a_flag_error_exits_2_naming_the_flag(argv: str, problem: str,
     ("race --n 5000", "exceeds the safety cap"),
     ("race --n 1000 --trials 21", "exceeds the safety cap"),
     ("race --target ftp://x --token t", "expected an http(s) URL, got 'ftp://x'"),
+    ("race --provider-timeout 300", "--provider-timeout, --lease and --heartbeat describe a"),
+    ("race --target http://x --token t --lease 5 --heartbeat 5", "--lease (5) must exceed"),
 ])
 def test_a_configuration_error_exits_2_with_one_line(argv: str, problem: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -292,3 +301,9 @@ def test_check_of_an_unusable_file_exits_2(tmp_path: Path, capsys: pytest.Captur
     code, out, err = cli(["check", str(path)], capsys)
     assert (code, out, len(err.splitlines()), err.startswith(f"harness check: {path}: "),
             problem in err) == (2, "", 1, True, True), err
+
+
+def test_the_service_section_declares_the_targets_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, "[service]\nprovider_timeout_s = 300\nlease_s = 30.5\n")
+    service = load_profile(path).service
+    assert service.declared() == {"provider_timeout_s": 300.0, "lease_s": 30.5}
