@@ -6,8 +6,13 @@ Evidence conventions (recorded by ``program.py``):
 - ``run`` op, phase ``final`` (``wait-run-end``): ok ``{status, run: {id, status, error},
   message: {status, content}}``; ``trial.meta.expect_end`` is the status the scenario expects
   and ``expected_content`` the provider's whole answer when the run must have finished.
-- ``stop`` op with invoke role ``stale``: a stop aimed at the chat's previous, ended run.
+- ``stop`` op with invoke role ``stale``: a stop aimed at the chat's previous, ended run;
+  ``runs`` observations (and database snapshots) labelled ``before-stale`` / ``after-stale``
+  around it.
 - ``probe`` ops (invoke ``{role: foreign|bad-input, label, expect_status}``; ok ``{status}``).
+  The foreign probe labelled ``stream`` (a turn started with another user's token) carries its
+  nonce on its invoke (``op.nonce``); observations and snapshots labelled ``before-foreign`` /
+  ``after-foreign`` surround the foreign probes.
 - Database outages: ``turn`` ops whose role starts with ``outage`` were sent while the database
   was failing (``outage{i}``: run inserts rejected; ``outage-gate{i}``: inside the gate when the
   database went away; ``outage-down{i}``: while it was away). ``database`` ops: invoke
@@ -15,6 +20,20 @@ Evidence conventions (recorded by ``program.py``):
   ``recovered`` (``database-up``): invoke ``{chat_id, within_s}``; ok/info ``{status, runs,
   waited_ms}``, the last answer of a bounded wait for the chat to have no active run; a database
   snapshot labelled ``recovered`` may follow.
+
+Decisions (beyond ``checkers.py``'s, whose observation rules these share):
+
+- ``stop/stale-ignored``: besides ``stopped:false`` and the newer run still active after it, the
+  ended run the stale stop aimed at must keep its terminal status: its status in an
+  ``after-stale`` observation is compared with ``before-stale`` (else with the status its
+  stream's terminal frame implies: finish → succeeded, error → failed, abort → aborted). A
+  change, or the run missing from an observation that lists every run of its chat, is
+  ``invalid``; not observed, or no status to compare with, is ``unknown``.
+- ``auth/foreign-denied``: besides the 403s, no side effect: no provider call carries the
+  ``stream`` probe's nonce (no provider access, or a probe without a nonce: ``unknown``); no run
+  listed ``after-foreign`` that was not listed ``before-foreign`` (``/runs`` answers or
+  snapshots), no new message row between the two snapshots; the owner's run still active after.
+  Without a before/after pair ``unknown``.
 """
 
 from __future__ import annotations
@@ -23,12 +42,13 @@ from harness.checkers import (
     TERMINAL_FRAMES,
     CheckResult,
     _int,
+    _labelled,
     _list,
+    _opt_str,
     find_winner,
-    run_observations,
     turns,
 )
-from harness.history import Trial
+from harness.history import DbSnapshot, Trial
 
 ACTIVE = ("pending", "running")
 # protocol.md §3/§7: the terminal frame a stream ends with and the status its run is recorded with
@@ -88,22 +108,65 @@ def stale_stop_ignored(trial: Trial) -> CheckResult:
     if comp is None or comp.type != "ok":
         return CheckResult(prop, "unknown", "the stale stop got no answer", (inv.index,))
     status = _int(comp.get("status"), f"op {comp.index}: status")
+    target = _opt_str(inv.get("run_id"), f"op {inv.index}: run_id")
     if status != 200 or comp.get("stopped") is not False:
-        return CheckResult(prop, "invalid", f"a stop aimed at the ended run {inv.get('run_id')} "
+        return CheckResult(prop, "invalid", f"a stop aimed at the ended run {target} "
                            f"answered {status} stopped={comp.get('stopped')!r}, "
                            "expected 200 stopped:false", (comp.index,))
-    run_id = _winner_run_id(trial)
-    if run_id is None:
-        return CheckResult(prop, "unknown", "no newer run was live to be hit by the stale stop")
-    seen = run_observations(trial, "after-stale", run_id)
-    if not seen:
-        return CheckResult(prop, "unknown", "the newer run was not observed after the stale stop")
-    hit = [status for _, status in seen if status not in ACTIVE]
-    if hit:
-        return CheckResult(prop, "invalid", f"after a stop aimed at an ended run, the newer run "
-                           f"{run_id} is {hit[0]!r}", (comp.index,))
-    return CheckResult(prop, "valid", "the stale stop answered stopped:false and the newer run "
-                       "kept running", (comp.index,))
+    winner = find_winner(turns(trial, "racer"))
+    chat = None if winner is None else winner.chat
+    after = [o for o in _labelled(trial, "after-stale") if o.covers(chat)]
+    problems: list[str] = []
+    missing: list[str] = []
+    if target is not None:
+        ended = _ended_status(trial, target, chat)
+        shown = False
+        for o in after:
+            if target in o.statuses:
+                shown = True
+                now = o.statuses[target]
+                if now in ACTIVE or (ended is not None and now != ended):
+                    was = "" if ended is None else f", was {ended!r}"
+                    problems.append(f"the ended run {target} is {now!r} after the stale stop "
+                                    f"({o.name}){was}")
+            elif o.lists_all_of(chat):
+                problems.append(f"the ended run {target} is gone from {o.name} after the "
+                                "stale stop")
+        if not shown and not problems:
+            missing.append(f"the ended run {target} was not observed after the stale stop")
+        elif ended is None and not problems:
+            missing.append(f"the ended run {target}'s status before the stale stop is unknown")
+    else:
+        missing.append("the stale stop named no run")
+    if winner is None or winner.run_id is None:
+        missing.append("no newer run was live to be hit by the stale stop")
+    else:
+        run_id = winner.run_id
+        seen = [o for o in after if run_id in o.statuses or o.lists_all_of(chat)]
+        for o in seen:
+            now = o.statuses.get(run_id)
+            if now not in ACTIVE:
+                what = "gone" if run_id not in o.statuses else repr(now)
+                problems.append(f"after a stop aimed at an ended run, the newer run {run_id} is "
+                                f"{what} ({o.name})")
+        if not seen:
+            missing.append("the newer run was not observed after the stale stop")
+    if problems:
+        return CheckResult(prop, "invalid", "; ".join(problems[:5]), (comp.index,))
+    if missing:
+        return CheckResult(prop, "unknown", "; ".join(missing))
+    return CheckResult(prop, "valid", f"the stale stop answered stopped:false, the ended run "
+                       f"{target} kept its status and the newer run kept running", (comp.index,))
+
+
+def _ended_status(trial: Trial, run_id: str, chat: str | None) -> str | None:
+    """The status ``run_id`` had before the stale stop: what ``before-stale`` showed, else what
+    its stream's terminal frame implies."""
+    for o in _labelled(trial, "before-stale"):
+        if run_id in o.statuses and o.covers(chat):
+            return o.statuses[run_id]
+    frames = [t.terminal for t in turns(trial) if t.run_id == run_id and t.outcome == "ok"]
+    return FRAME_STATUS.get(frames[0]) if frames and frames[0] is not None else None
 
 
 def _probes(trial: Trial, role: str) -> list[tuple[str, int | None, int | None, int]]:
@@ -129,22 +192,93 @@ def foreign_denied(trial: Trial) -> CheckResult:
         return CheckResult(prop, "invalid", "another user's token got "
                            + "; ".join(f"{label}: {status}" for label, _, status, _ in bad)
                            + " (expected 403 everywhere)", tuple(p[3] for p in bad))
+    cited = tuple(p[3] for p in probes)
+    winner = find_winner(turns(trial, "racer"))
+    chat = None if winner is None else winner.chat
+    problems, missing, ops = _foreign_side_effects(trial, chat)
+    run_id = None if winner is None else winner.run_id
+    after = [o for o in _labelled(trial, "after-foreign") if o.covers(chat)]
+    seen = [] if run_id is None else [o for o in after
+                                      if run_id in o.statuses or o.lists_all_of(chat)]
+    for o in seen:
+        status = o.statuses.get(str(run_id))
+        if status not in ACTIVE:
+            what = "gone" if run_id not in o.statuses else repr(status)
+            problems.insert(0, f"after the foreign user's requests the owner's run {run_id} is "
+                            f"{what}: a side effect ({o.name})")
+            if o.where is not None:
+                ops.add(o.where)
+    if not seen:
+        missing.insert(0, "the owner's run was not observed after them")
+    if problems:
+        return CheckResult(prop, "invalid", "; ".join(problems[:5]), tuple(sorted(ops)))
     silent = [p for p in probes if p[2] is None]
     if silent:
         return CheckResult(prop, "unknown", f"{len(silent)} foreign request(s) got no answer",
                            tuple(p[3] for p in silent))
-    run_id = _winner_run_id(trial)
-    seen = [] if run_id is None else run_observations(trial, "after-foreign", run_id)
-    hit = [status for _, status in seen if status not in ACTIVE]
-    if hit:
-        return CheckResult(prop, "invalid", f"after the foreign user's requests the owner's "
-                           f"run {run_id} is {hit[0]!r}: a side effect")
-    if not seen:
+    if missing:
         return CheckResult(prop, "unknown", f"all {len(probes)} foreign requests got 403, but "
-                           "the owner's run was not observed after them: nothing proves no side "
-                           "effect", tuple(p[3] for p in probes))
+                           + "; ".join(missing) + ": nothing proves no side effect", cited)
     return CheckResult(prop, "valid", f"all {len(probes)} foreign requests got 403, no side "
-                       "effect", tuple(p[3] for p in probes))
+                       "effect", cited)
+
+
+def _foreign_side_effects(trial: Trial, chat: str | None) -> tuple[list[str], list[str],
+                                                                    set[int]]:
+    """(side effects seen, evidence missing, the observations citing them) of the foreign
+    ``stream`` probe and of the foreign requests as a whole."""
+    problems: list[str] = []
+    missing: list[str] = []
+    ops: set[int] = set()
+    streams = [inv for inv, _ in trial.completions("probe")
+               if inv.get("role") == "foreign" and inv.get("label") == "stream"]
+    nonces = {inv.nonce for inv in streams if inv.nonce is not None}
+    if streams:
+        if trial.provider is None:
+            missing.append("no provider access to see the stream probe's provider calls")
+        elif not nonces:
+            missing.append("the stream probe carried no nonce")
+        else:
+            calls = [c.index for c in trial.provider if c.nonce in nonces]
+            if calls:
+                problems.append(f"{len(calls)} provider call(s) carry the foreign stream "
+                                f"probe's nonce (call {', '.join(map(str, calls[:5]))})")
+    before = [o for o in _labelled(trial, "before-foreign") if o.covers(chat)]
+    after = [o for o in _labelled(trial, "after-foreign") if o.covers(chat)]
+    compared = False
+    for db in (False, True):
+        was = [o for o in before if (o.where is None) == db]
+        now = [o for o in after if (o.where is None) == db]
+        if not was or not now:
+            continue
+        compared = True
+        known = {run_id for o in was for run_id in o.statuses}
+        for o in now:
+            new = sorted(set(o.statuses) - known)
+            if new:
+                problems.append(f"run {', '.join(new[:3])} appeared after the foreign user's "
+                                f"requests ({o.name})")
+                if o.where is not None:
+                    ops.add(o.where)
+    was_snap = _snapshot(trial, "before-foreign", chat)
+    now_snap = _snapshot(trial, "after-foreign", chat)
+    if was_snap is not None and now_snap is not None:
+        old = {m.id for m in was_snap.messages}
+        new_messages = [m.id for m in now_snap.messages if m.id not in old]
+        if new_messages:
+            problems.append(f"{len(new_messages)} message row(s) appeared after the foreign "
+                            "user's requests (db after-foreign snapshot)")
+    if not compared:
+        missing.append("no before-foreign/after-foreign observation pair shows no new run")
+    return problems, missing, ops
+
+
+def _snapshot(trial: Trial, label: str, chat: str | None) -> DbSnapshot | None:
+    for snap in trial.db or ():
+        chats = {r.chat_id for r in snap.runs} | {m.chat_id for m in snap.messages}
+        if snap.label == label and (chat is None or chats <= {chat}):
+            return snap
+    return None
 
 
 def input_rejected_cleanly(trial: Trial) -> CheckResult:

@@ -41,8 +41,10 @@ class History:
 
     def __init__(self, **meta: Any) -> None:
         self.meta: dict[str, Any] = {"trial": 0, "n": 0, "losers_fast_bound_ms": 1000,
-                                     "stop_bound_ms": 2000, "release_ns": 0, **meta}
+                                     "stop_bound_ms": 2000, "release_ns": 0, "ended": True,
+                                     **meta}
         self.ops: list[Op] = []
+        self.chats: dict[int, str] = {}  # process → the chat its turn asked for
 
     def op(self, type_: OpType, f: str, process: int, at_ms: float, nonce: str | None = None,
            /, **value: Any) -> int:
@@ -53,6 +55,7 @@ class History:
              chat_id: str = CHAT) -> int:
         if role == "racer":
             self.meta["n"] += 1
+        self.chats[process] = chat_id
         return self.op("invoke", "turn", process, at_ms, nonce, role=role, chat_id=chat_id,
                        sent_ns=ns(at_ms))
 
@@ -62,7 +65,8 @@ class History:
         at = at_ms if at_ms is not None else end_ms if end_ms is not None else headers_ms
         return self.op("ok", "turn", process, at,
                        **{"status": 200, "code": None, "json": False, "run_id": run_id,
-                          "active_run_id": None, "headers_ns": ns(headers_ms),
+                          "active_run_id": None, "chat_id": self.chats.get(process, CHAT),
+                          "headers_ns": ns(headers_ms),
                           "end_ns": None if end_ms is None else ns(end_ms),
                           "terminal": terminal, "done": True, "frames": frames,
                           "findings": [], **value})
@@ -74,10 +78,11 @@ class History:
                           "active_run_id": "run-w", "headers_ns": ns(at_ms), "end_ns": ns(at_ms),
                           "terminal": None, "done": False, "frames": [], "findings": [], **value})
 
-    def runs(self, process: int, at_ms: float, phase: str, rows: dict[str, str]) -> int:
-        self.op("invoke", "runs", process, at_ms, chat_id=CHAT, phase=phase)
+    def runs(self, process: int, at_ms: float, phase: str, rows: dict[str, str],
+             chat_id: str = CHAT, **value: Any) -> int:
+        self.op("invoke", "runs", process, at_ms, chat_id=chat_id, phase=phase)
         return self.op("ok", "runs", process, at_ms + 1, status=200,
-                       runs=[{"id": k, "status": v} for k, v in rows.items()])
+                       runs=[{"id": k, "status": v} for k, v in rows.items()], **value)
 
     def stop(self, process: int, at_ms: float, run_id: str, stopped: bool | None = True,
              status: int = 200) -> tuple[int, int]:
@@ -111,13 +116,14 @@ MODEL_DB = [
                messages=SETUP_MESSAGES + messages(("m3", "user"), ("m4", "assistant"))),
 ]
 # op indices of the model, by role
-SETUP, WINNER, LOSER_A, LOSER_B, HELD, STOP_INVOKE, STOP, AFTER, RELEASED = (
-    1, 11, 5, 6, 8, 9, 10, 13, 15)
+SETUP, WINNER, LOSER_A, LOSER_B, HELD, STOP_INVOKE, STOP, AFTER, RELEASED, CLEANUP = (
+    1, 11, 5, 6, 8, 9, 10, 13, 15, 17)
 
 
 def model(provider: bool = True, db: bool = True) -> Trial:
-    """1×200 held then stopped (abort), 2×409 fast, the winner's provider call disconnected after
-    the stop, /runs shows it running while held and aborted after, the released turn finished."""
+    """1×200 held then stopped (abort), 2×409 fast naming the winner's run, the winner's
+    provider call disconnected after the stop, /runs shows it running while held and aborted
+    after, the released turn finished, and the cleanup /runs lists every run of the chat."""
     h = History(release_ns=ns(1000))
     h.turn(0, 0, "s0", role="setup")
     h.stream(0, headers_ms=5, end_ms=50, run_id="run-s")                       # 1
@@ -132,6 +138,8 @@ def model(provider: bool = True, db: bool = True) -> Trial:
     h.runs(12, 1300, "after", {"run-s": "finished", "run-w": "aborted"})       # 12, 13
     h.turn(13, 1400, "r0", role="released")
     h.stream(13, headers_ms=1401, end_ms=1500, run_id="run-r")                 # 15
+    h.runs(14, 1600, "cleanup", {"run-r": "succeeded", "run-w": "aborted",    # 16, 17
+                                 "run-s": "finished"})
     return h.trial(provider=list(MODEL_PROVIDER) if provider else None,
                    db=list(MODEL_DB) if db else None)
 
@@ -362,7 +370,7 @@ CASES: list[Case] = [
      (WINNER,), "op 11: the winner's stream ended 'finish', not 'abort'"),
     ("race/winner-stoppable",
      lambda: patch(model(), AFTER, runs=[{"id": "run-w", "status": "running"}]), "invalid",
-     (AFTER,), "op 13: run run-w is 'running' after the stop"),
+     (AFTER,), "op 13: run run-w is 'running': still active after the stop"),
     ("race/winner-stoppable", lambda: retype(model(), STOP, "info", error="timeout"), "invalid",
      (STOP,), "op 10: /stop got no answer"),
     ("race/winner-stoppable", lambda: drop(model(), STOP_INVOKE, STOP), "unknown", (),
@@ -587,9 +595,11 @@ def race_trials(draw: st.DrawFn) -> Trial:
             h.stream(40, 4001, 4100, "run-r" if draw(PARTIALS) else None, terminal=draw(TERMINALS))
     nonces = [*(f"n{p}" for p in range(n)), "r0", "zz", None]
     calls = None if draw(PARTIALS) else [
-        ProviderCall(i, nonces[draw(st.integers(0, len(nonces) - 1))], ns(1001),
-                     disconnected_ns=None if (gone := draw(GONE)) is None else ns(gone))
-        for i in range(draw(SMALL))]
+        ProviderCall(i, nonce, ns(1001),
+                     disconnected_ns=None if (gone := draw(GONE)) is None else ns(gone),
+                     complete=nonce is not None or draw(PARTIALS))  # maybe a contact
+        for i in range(draw(SMALL))
+        for nonce in [nonces[draw(st.integers(0, len(nonces) - 1))]]]
     db = None if draw(PARTIALS) else [
         DbSnapshot(draw(LABELS), ns(1000),
                    runs=tuple(RunRow(targets[draw(SMALL) % len(targets)], CHAT, draw(RUN_STATUSES))
@@ -617,20 +627,32 @@ def test_every_checker_is_total_on_well_formed_trials(trial: Trial) -> None:
     assert results["race/overlap-achieved"].verdict != "invalid"
 
 
+def unobserved(trial: Trial) -> Trial:
+    """The trial without its /runs and /run answers and its database snapshots."""
+    return dataclasses.replace(trial, db=None, ops=[
+        op for op in trial.ops if op.f not in ("runs", "run")])
+
+
 @FAST
 @given(race_trials())
 def test_missing_evidence_is_never_valid(trial: Trial) -> None:
     blind = check_trial(dataclasses.replace(trial, provider=None, db=None), SINGLE_CHAT_RACE)
     assert {p: blind[p].verdict for p in (*PROVIDER_PROPERTIES, "race/no-loser-writes")
             if blind[p].verdict == "valid"} == {}
+    unseen = check_trial(unobserved(trial), ["race/winner-stoppable", "race/no-untracked-run"])
+    assert {p: r.verdict for p, r in unseen.items() if r.verdict == "valid"} == {}
+    if any(t.tracked and t.outcome != "fail" for t in turns(trial)):
+        empty = check_trial(dataclasses.replace(trial, provider=[]),
+                            ["race/no-loser-provider-call", "race/no-untracked-run"])
+        assert {p: r.verdict for p, r in empty.items() if r.verdict == "valid"} == {}
 
 
 @FAST
 @given(race_trials(), st.data())
 def test_a_call_with_a_losers_nonce_makes_no_loser_provider_call_invalid(
         trial: Trial, data: st.DataObject) -> None:
-    racers = turns(trial, "racer")
-    lost = [r for r in losers(racers, find_winner(racers)) if r.nonce is not None]
+    racers = turns(trial, "racer")  # a racer that got 200 is a winner too: ambiguous attribution
+    lost = [r for r in losers(racers, find_winner(racers)) if r.nonce is not None and not r.got_200]
     if not lost or trial.provider is None:
         return
     loser = data.draw(st.sampled_from(lost))

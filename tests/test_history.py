@@ -46,7 +46,8 @@ ops = st.builds(Op, index=ints, type=st.sampled_from(OP_TYPES), f=texts, process
                 time_ns=times, nonce=st.none() | texts, value=json_dicts)
 calls = st.builds(ProviderCall, index=ints, nonce=st.none() | texts, arrival_ns=times,
                   tokens_sent=ints, first_token_ns=st.none() | times,
-                  disconnected_ns=st.none() | times, completed_ns=st.none() | times, mode=texts)
+                  disconnected_ns=st.none() | times, completed_ns=st.none() | times, mode=texts,
+                  complete=st.booleans())
 snapshots = st.builds(
     DbSnapshot, label=texts, time_ns=times,
     runs=st.lists(st.builds(RunRow, id=texts, chat_id=texts, status=texts,
@@ -58,7 +59,9 @@ snapshots = st.builds(
 @st.composite
 def trial_lists(draw: st.DrawFn) -> list[Trial]:
     numbers = draw(st.lists(st.integers(0, 10_000), unique=True, max_size=3))
-    return [Trial(meta={"trial": n, **draw(st.dictionaries(meta_keys, json_values, max_size=3))},
+    ends = st.fixed_dictionaries({}, optional={"ended": st.just(True)})  # completed, or cut off
+    return [Trial(meta={"trial": n, **draw(st.dictionaries(meta_keys, json_values, max_size=3)),
+                        **draw(ends)},
                   ops=draw(st.lists(ops, max_size=4)),
                   provider=draw(st.none() | st.lists(calls, max_size=2)),
                   db=draw(st.none() | st.lists(snapshots, max_size=2)))
@@ -70,12 +73,22 @@ run_metas = st.dictionaries(meta_keys, json_values, max_size=3)
 whole_histories = settings(max_examples=40)
 
 
+def as_loaded(trial: Trial, schema: int = SCHEMA_VERSION) -> Trial:
+    """``trial`` as ``loads_trials`` returns it: since schema 2 a trial whose meta never said
+    ``ended: true`` (and was not skipped) was cut off."""
+    meta = dict(trial.meta)
+    if schema >= 2 and meta.get("ended") is not True and not meta.get("skipped"):
+        meta["interrupted"] = True
+    return Trial(meta, trial.ops, trial.provider, trial.db)
+
+
 # -- round trip ----------------------------------------------------------------------------------
 
 @whole_histories
 @given(trials=trial_lists(), meta=run_metas)
 def test_jsonl_round_trip(trials: list[Trial], meta: dict[str, Any]) -> None:
-    assert loads_trials(dumps_trials(trials, meta)) == ({"schema": SCHEMA_VERSION, **meta}, trials)
+    assert loads_trials(dumps_trials(trials, meta)) == (
+        {"schema": SCHEMA_VERSION, **meta}, [as_loaded(t) for t in trials])
 
 
 @whole_histories
@@ -87,13 +100,14 @@ def test_a_truncated_final_line_loads_the_prefix(trials: list[Trial], meta: dict
     cut = data.draw(st.integers(last_start + 1, len(text) - 2), label="cut")  # inside the line
     if trials:  # the last line is the last trial's db record: that trial loads without it
         expected = trials[:-1] + [Trial(trials[-1].meta, trials[-1].ops, trials[-1].provider)]
-        assert loads_trials(text[:cut]) == ({"schema": SCHEMA_VERSION, **meta}, expected)
+        assert loads_trials(text[:cut]) == ({"schema": SCHEMA_VERSION, **meta},
+                                            [as_loaded(t) for t in expected])
     else:  # the last line is the run header itself
         assert loads_trials(text[:cut]) == ({}, [])
 
 
 def small_history() -> list[str]:
-    trial = Trial(meta={"trial": 0, "seed": 7},
+    trial = Trial(meta={"trial": 0, "seed": 7, "ended": True},
                   ops=[Op(0, "invoke", "turn", 1, 100, "n1", {"chat_id": "c"}),
                        Op(1, "ok", "turn", 1, 200, "n1", {"status": 200})],
                   provider=[ProviderCall(0, "n1", 150)], db=None)
@@ -110,8 +124,9 @@ def test_small_history_layout() -> None:
     (3, "[1, 2]", "line 3: expected an object with 'kind'"),
     (3, '{"trial": 0}', "line 3: expected an object with 'kind'"),
     (2, '{"kind": "bogus", "trial": 0}', "line 2: unknown kind 'bogus'"),
-    (1, '{"kind": "run", "schema": 2}', "line 1: schema 2 is not 1"),
-    (1, '{"kind": "run"}', "line 1: schema None is not 1"),
+    (1, '{"kind": "run", "schema": 3}', "line 1: schema 3 is not one of 1, 2"),
+    (1, '{"kind": "run", "schema": true}', "line 1: schema True is not one of 1, 2"),
+    (1, '{"kind": "run"}', "line 1: schema None is not one of 1, 2"),
     (2, '{"kind": "op", "trial": 0, "index": 0, "type": "invoke", "f": "turn", "process": 1, '
         '"time_ns": 1}', "line 2: trial 0 has no 'trial' record before it"),
     (3, '{"kind": "op", "trial": 0, "index": 0, "type": "done", "f": "turn", "process": 1, '
@@ -131,6 +146,34 @@ def test_a_bad_line_before_the_last_names_its_number(lineno: int, replacement: s
     with pytest.raises(HistoryError) as caught:
         loads_trials("\n".join(lines) + "\n")
     assert str(caught.value) == message
+
+
+def test_schema_2_marks_a_trial_that_never_ended_interrupted() -> None:
+    lines = [
+        '{"kind": "run", "schema": 2}',
+        '{"kind": "trial", "trial": 0, "n": 2}',                    # cut off: no ended
+        '{"kind": "trial", "trial": 1, "n": 2}',
+        '{"kind": "trial", "trial": 1, "n": 2, "ended": true}',     # the completed meta
+        '{"kind": "trial", "trial": 2, "interrupted": true}',       # the engine said so
+        '{"kind": "trial", "trial": 3, "skipped": "needs db-control"}',  # not a verdict
+    ]
+    _, trials = loads_trials("\n".join(lines))
+    assert [(t.meta.get("ended"), t.meta.get("interrupted")) for t in trials] == [
+        (None, True), (True, None), (None, True), (None, None)]
+
+
+def test_schema_1_trials_load_as_they_are() -> None:
+    _, trials = loads_trials('{"kind": "run", "schema": 1}\n{"kind": "trial", "trial": 0}\n'
+                             '{"kind": "provider", "trial": 0, "calls": [{"index": 0, '
+                             '"nonce": "n1", "arrival_ns": 5}]}\n')
+    assert trials == [Trial(meta={"trial": 0}, provider=[ProviderCall(0, "n1", 5)])]
+    assert trials[0].provider is not None and trials[0].provider[0].complete is True
+
+
+def test_a_contact_round_trips_as_incomplete() -> None:
+    contact = ProviderCall(3, None, 100, disconnected_ns=120, complete=False)
+    trial = Trial(meta={"trial": 0, "ended": True}, provider=[contact])
+    assert loads_trials(dumps_trials([trial]))[1] == [trial]
 
 
 def test_blank_lines_are_skipped() -> None:

@@ -171,8 +171,9 @@ def test_an_unknown_property_is_skipped_as_inconclusive() -> None:
         "race/no-loser-provider-call [trial 2]": "inconclusive: no provider access",
         "race/winner-provider-call [trial 2]": "inconclusive: no provider access",
         "race/no-untracked-run [trial 2]": "inconclusive: missing evidence: no provider access",
-        "race/winner-stoppable [trial 2]": "inconclusive: stop took effect, but no provider "
-                                           "access to see the provider disconnect"}
+        "race/winner-stoppable [trial 2]": "inconclusive: stop answered stopped:true and the "
+                                           "stream ended abort, but no provider access to see "
+                                           "the provider disconnect"}
 
 
 def test_junit_classname_is_the_scenario_when_named() -> None:
@@ -297,7 +298,8 @@ def test_html_draws_one_lane_per_request_and_the_verdict_table() -> None:
     page = render_html(report_of(trial), [trial])
     labels = re.findall(r'<text class="label"[^>]*><title>[^<]*</title>([^<]*)</text>', page)
     assert labels == ["setup · 200", "racer 1 · 200 · winner", "racer 2 · 409", "racer 3 · 409",
-                      "/runs held · 200", "/stop · 200", "/runs after · 200", "released · 200"]
+                      "/runs held · 200", "/stop · 200", "/runs after · 200", "released · 200",
+                      "/runs cleanup · 200"]
     drawing = page[page.index("<details"):]
     assert drawing.count('<g class="call">') == 3  # setup, winner, released provider calls
     assert drawing.count('<line class="stop"') == 1

@@ -41,7 +41,8 @@ class History:
 
     def __init__(self, **meta: Any) -> None:
         self.meta: dict[str, Any] = {"trial": 0, "n": 1, "losers_fast_bound_ms": 1000,
-                                     "stop_bound_ms": 2000, "release_ns": ns(1000), **meta}
+                                     "stop_bound_ms": 2000, "release_ns": ns(1000),
+                                     "ended": True, **meta}
         self.ops: list[Op] = []
 
     def op(self, type_: OpType, f: str, process: int, at_ms: float, nonce: str | None = None,
@@ -157,39 +158,58 @@ def expected_failure() -> Trial:
 
 # -- stop/stale-ignored (stale-stop) -------------------------------------------------------------
 
-STALE_INVOKE, STALE, AFTER_STALE, STALE_RACER = 3, 4, 6, 9
+BEFORE_STALE, STALE_INVOKE, STALE, AFTER_STALE, STALE_RACER = 4, 5, 6, 8, 11
+STALE_ROWS = {"run-w": "running", "run-s": "succeeded"}
 
 
 def stale_stop() -> Trial:
-    """new-chat, burst (hold), stale-stop (stop run-s, observe after-stale), stop-winner, drain."""
+    """new-chat, burst (hold), stale-stop (observe before-stale, stop run-s, observe
+    after-stale), stop-winner, drain."""
     h = History()
     h.setup()                                                                   # 0, 1
     h.turn(0, 1000, "r0")                                                       # 2
-    h.stop(1100, "run-s", "stale", stopped=False)                               # 3, 4
-    h.observe(1200, "after-stale", {"run-s": "succeeded", "run-w": "running"})  # 5, 6
-    h.stop(1300, "run-w", "winner", stopped=True)                               # 7, 8
-    h.stream(0, "r0", 1005, 1320, "run-w", terminal="abort")                    # 9
+    h.observe(1050, "before-stale", STALE_ROWS)                                 # 3, 4
+    h.stop(1100, "run-s", "stale", stopped=False)                               # 5, 6
+    h.observe(1200, "after-stale", STALE_ROWS)                                  # 7, 8
+    h.stop(1300, "run-w", "winner", stopped=True)                               # 9, 10
+    h.stream(0, "r0", 1005, 1320, "run-w", terminal="abort")                    # 11
     return h.trial()
+
+
+def stale_rows(index: int, **rows: str | None) -> Callable[[], Trial]:
+    """stale_stop with the observation at ``index`` listing ``rows`` (None: left out)."""
+    listed = {**STALE_ROWS, **rows}
+    return lambda: patch(stale_stop(), index, runs=[{"id": k, "status": v}
+                                                     for k, v in listed.items() if v])
 
 
 # -- auth/foreign-denied (foreign-user) ----------------------------------------------------------
 
-FOREIGN = (4, 6, 8, 10, 12)  # the probes' completions, in FOREIGN_LABELS order
-AFTER_FOREIGN_INVOKE, AFTER_FOREIGN, FOREIGN_RACER = 13, 14, 17
+FOREIGN = (6, 8, 10, 12, 14)  # the probes' completions, in FOREIGN_LABELS order
+BEFORE_FOREIGN, AFTER_FOREIGN_INVOKE, AFTER_FOREIGN, FOREIGN_RACER = 4, 15, 16, 19
+FOREIGN_ROWS = {"run-w": "running", "run-s": "succeeded"}
+FOREIGN_PROVIDER = [ProviderCall(0, "s0", ns(1), tokens_sent=3, completed_ns=ns(40)),
+                    ProviderCall(1, "r0", ns(1003), tokens_sent=1, disconnected_ns=ns(1310))]
+FOREIGN_DB = [DbSnapshot(label, ns(at), runs=(RunRow("run-s", CHAT, "succeeded"),
+                                              RunRow("run-w", CHAT, "running")),
+                         messages=messages("m1", "m2", "m3", "m4"))
+              for label, at in (("before-foreign", 1050), ("after-foreign", 1200))]
 
 
-def foreign_user() -> Trial:
-    """new-chat, burst (hold), foreign-user (5 probes, observe after-foreign), stop-winner,
-    drain."""
+def foreign_user(db: bool = False) -> Trial:
+    """new-chat, burst (hold), foreign-user (observe before-foreign, 5 probes — the stream
+    probe with its nonce f0 — observe after-foreign), stop-winner, drain."""
     h = History()
     h.setup()                                                                   # 0, 1
     h.turn(0, 1000, "r0")                                                       # 2
-    for k, label in enumerate(FOREIGN_LABELS):                                  # 3 … 12
-        h.probe(k, 1100 + 10 * k, "foreign", label, 403, 403)
-    h.observe(1200, "after-foreign", {"run-s": "succeeded", "run-w": "running"})  # 13, 14
-    h.stop(1300, "run-w", "winner", stopped=True)                               # 15, 16
-    h.stream(0, "r0", 1005, 1320, "run-w", terminal="abort")                    # 17
-    return h.trial()
+    h.observe(1050, "before-foreign", FOREIGN_ROWS)                             # 3, 4
+    for k, label in enumerate(FOREIGN_LABELS):                                  # 5 … 14
+        h.probe(k, 1100 + 10 * k, "foreign", label, 403, 403,
+                nonce="f0" if label == "stream" else None)
+    h.observe(1200, "after-foreign", FOREIGN_ROWS)                              # 15, 16
+    h.stop(1300, "run-w", "winner", stopped=True)                               # 17, 18
+    h.stream(0, "r0", 1005, 1320, "run-w", terminal="abort")                    # 19
+    return h.trial(provider=list(FOREIGN_PROVIDER), db=list(FOREIGN_DB) if db else None)
 
 
 # -- input/rejected-cleanly (bad-inputs) ---------------------------------------------------------
@@ -420,7 +440,27 @@ CASES: list[Case] = [
      "no run started, so none could end"),
 
     ("stop/stale-ignored", stale_stop, "valid", (STALE,),
-     "the stale stop answered stopped:false and the newer run kept running"),
+     "the stale stop answered stopped:false, the ended run run-s kept its status and the newer "
+     "run kept running"),
+    ("stop/stale-ignored",  # no before-stale: the setup stream's finish frame says succeeded
+     lambda: drop(stale_stop(), BEFORE_STALE - 1, BEFORE_STALE), "valid", (STALE,),
+     "the ended run run-s kept its status"),
+    ("stop/stale-ignored", stale_rows(AFTER_STALE, **{"run-s": "aborted"}), "invalid", (STALE,),
+     "the ended run run-s is 'aborted' after the stale stop (op 8), was 'succeeded'"),
+    ("stop/stale-ignored",  # rewritten although before-stale is missing: the frame said finish
+     lambda: drop(stale_rows(AFTER_STALE, **{"run-s": "failed"})(), BEFORE_STALE - 1,
+                  BEFORE_STALE), "invalid", (STALE,),
+     "the ended run run-s is 'failed' after the stale stop (op 8), was 'succeeded'"),
+    ("stop/stale-ignored", stale_rows(AFTER_STALE, **{"run-s": "running"}), "invalid", (STALE,),
+     "the ended run run-s is 'running' after the stale stop"),
+    ("stop/stale-ignored", stale_rows(AFTER_STALE, **{"run-s": None}), "invalid", (STALE,),
+     "the ended run run-s is gone from op 8 after the stale stop"),
+    ("stop/stale-ignored",  # a truncated list without it says nothing of it
+     lambda: patch(stale_rows(AFTER_STALE, **{"run-s": None})(), AFTER_STALE, truncated=True),
+     "unknown", (), "the ended run run-s was not observed after the stale stop"),
+    ("stop/stale-ignored",  # nothing says what it was before: no before-stale, no terminal frame
+     lambda: patch(drop(stale_stop(), BEFORE_STALE - 1, BEFORE_STALE), 1, terminal=None),
+     "unknown", (), "the ended run run-s's status before the stale stop is unknown"),
     ("stop/stale-ignored", lambda: patch(stale_stop(), STALE, stopped=True), "invalid", (STALE,),
      "a stop aimed at the ended run run-s answered 200 stopped=True, expected 200 stopped:false"),
     ("stop/stale-ignored", lambda: patch(stale_stop(), STALE, status=404, stopped=None),
@@ -430,12 +470,15 @@ CASES: list[Case] = [
                                                     {"id": "run-w", "status": "aborted"}]),
      "invalid", (STALE,), "after a stop aimed at an ended run, the newer run run-w is 'aborted'"),
     ("stop/stale-ignored",  # the same, seen in the database instead of /runs
-     lambda: with_db(drop(stale_stop(), 5, AFTER_STALE), [DbSnapshot(
+     lambda: with_db(drop(stale_stop(), AFTER_STALE - 1, AFTER_STALE), [DbSnapshot(
          "after-stale", ns(1200), runs=(RunRow("run-s", CHAT, "succeeded"),
                                         RunRow("run-w", CHAT, "aborted")))]),
      "invalid", (STALE,), "the newer run run-w is 'aborted'"),
-    ("stop/stale-ignored", lambda: drop(stale_stop(), 5, AFTER_STALE), "unknown", (),
-     "the newer run was not observed after the stale stop"),
+    ("stop/stale-ignored", lambda: drop(stale_stop(), AFTER_STALE - 1, AFTER_STALE), "unknown",
+     (), "the newer run was not observed after the stale stop"),
+    ("stop/stale-ignored",  # a list of every run of the chat without the newer run
+     stale_rows(AFTER_STALE, **{"run-w": None}), "invalid", (STALE,),
+     "after a stop aimed at an ended run, the newer run run-w is gone (op 8)"),
     ("stop/stale-ignored", lambda: patch(stale_stop(), AFTER_STALE, status=500, runs=[]),
      "unknown", (), "the newer run was not observed after the stale stop"),
     ("stop/stale-ignored",
@@ -458,11 +501,42 @@ CASES: list[Case] = [
      "invalid", (FOREIGN[0],), "stream: 200"),
     ("auth/foreign-denied",
      lambda: patch(foreign_user(), AFTER_FOREIGN, runs=[{"id": "run-w", "status": "aborted"}]),
-     "invalid", (), "after the foreign user's requests the owner's run run-w is 'aborted': a "
-     "side effect"),
+     "invalid", (AFTER_FOREIGN,), "after the foreign user's requests the owner's run run-w is "
+     "'aborted': a side effect (op 16)"),
+    ("auth/foreign-denied", lambda: with_calls(foreign_user(), [
+        *FOREIGN_PROVIDER, ProviderCall(2, "f0", ns(1101), tokens_sent=3, completed_ns=ns(1150))]),
+     "invalid", (), "1 provider call(s) carry the foreign stream probe's nonce (call 2)"),
+    ("auth/foreign-denied",
+     lambda: patch(foreign_user(), AFTER_FOREIGN, runs=[
+         {"id": "run-f", "status": "running"}, *({"id": k, "status": v}
+                                                for k, v in FOREIGN_ROWS.items())]),
+     "invalid", (AFTER_FOREIGN,), "run run-f appeared after the foreign user's requests (op 16)"),
+    ("auth/foreign-denied",
+     lambda: patch(foreign_user(), AFTER_FOREIGN, runs=[{"id": "run-s", "status": "succeeded"}]),
+     "invalid", (AFTER_FOREIGN,), "the owner's run run-w is gone: a side effect (op 16)"),
+    ("auth/foreign-denied", lambda: foreign_user(db=True), "valid", FOREIGN,
+     "all 5 foreign requests got 403, no side effect"),
+    ("auth/foreign-denied",  # seen in the database only: /runs answered before and after alike
+     lambda: with_db(foreign_user(), [FOREIGN_DB[0], dataclasses.replace(
+         FOREIGN_DB[1], runs=FOREIGN_DB[1].runs + (RunRow("run-f", CHAT, "running"),))]),
+     "invalid", (), "run run-f appeared after the foreign user's requests (db after-foreign "
+     "snapshot)"),
+    ("auth/foreign-denied",
+     lambda: with_db(foreign_user(), [FOREIGN_DB[0], dataclasses.replace(
+         FOREIGN_DB[1], messages=FOREIGN_DB[1].messages + messages("m5"))]),
+     "invalid", (), "1 message row(s) appeared after the foreign user's requests"),
+    ("auth/foreign-denied", lambda: with_calls(foreign_user(), None), "unknown", FOREIGN,
+     "no provider access to see the stream probe's provider calls"),
+    ("auth/foreign-denied",  # a stream probe recorded without its nonce cannot be looked up
+     lambda: dataclasses.replace(foreign_user(), ops=[
+         dataclasses.replace(op, nonce=None) if op.f == "probe" else op
+         for op in foreign_user().ops]),
+     "unknown", FOREIGN, "the stream probe carried no nonce"),
+    ("auth/foreign-denied", lambda: drop(foreign_user(), BEFORE_FOREIGN - 1, BEFORE_FOREIGN),
+     "unknown", FOREIGN, "no before-foreign/after-foreign observation pair shows no new run"),
     ("auth/foreign-denied", lambda: retype(foreign_user(), FOREIGN[3], "info", status=0),
      "unknown", (FOREIGN[3],), "1 foreign request(s) got no answer"),
-    ("auth/foreign-denied", lambda: drop(foreign_user(), *range(3, 13)), "unknown", (),
+    ("auth/foreign-denied", lambda: drop(foreign_user(), *range(5, 15)), "unknown", (),
      "no request was made with another user's token"),
     ("auth/foreign-denied", lambda: no_winner(foreign_user(), FOREIGN_RACER), "unknown", FOREIGN,
      "all 5 foreign requests got 403, but the owner's run was not observed after them"),
@@ -658,11 +732,11 @@ GARBAGE: list[tuple[str, Callable[[], Trial], str]] = [
     ("run/expected-end", lambda: patch(expected_end(), FINAL, status="abc"),
      "op 4: status='abc' is not an int"),
     ("stop/stale-ignored", lambda: patch(stale_stop(), STALE, status="abc"),
-     "op 4: status='abc' is not an int"),
+     "op 6: status='abc' is not an int"),
     ("stop/stale-ignored", lambda: patch(stale_stop(), AFTER_STALE, runs="nope"),
-     "op 6: runs='nope' is not a list"),
+     "op 8: runs='nope' is not a list"),
     ("auth/foreign-denied", lambda: patch(foreign_user(), FOREIGN[2], status="abc"),
-     "op 8: status='abc' is not an int"),
+     "op 10: status='abc' is not an int"),
     ("input/rejected-cleanly", lambda: patch(bad_inputs(), BAD[3], status="abc"),
      "op 11: status='abc' is not an int"),
     ("outage/fails-closed", lambda: patch(outage(), OUTAGE[1], status="abc"),

@@ -5,8 +5,12 @@ observer call (``runs``/``run``); then provider calls whose nonce matches no tur
 lane: the last byte sent (tick), the first byte of the answer (dot, coloured by status: 200,
 409, 5xx, other, no answer), the first SSE frame (diamond), the end of the stream (bar), and
 the provider call carrying the turn's nonce as a thin bar underneath (arrival → first token →
-disconnect or completion). A dashed vertical line marks each ``/stop``; the solid one at 0 the
-release. Every mark has a hover ``<title>`` with the op's details.
+disconnect or completion). A provider call gets a lane of its own when no turn's nonce matches
+it, when it is a contact (a connection closed before a whole request), or when several racers
+got 200 on its racer's chat: the nonce of the last user message may then be another winner's,
+so the lane says "attribution ambiguous" instead of drawing the call on one racer's lane. A
+dashed vertical line marks each ``/stop``; the solid one at 0 the release. Every mark has a
+hover ``<title>`` with the op's details.
 
 The history comes from the system under test, so values are read leniently (a wrong type is
 drawn as absent, never raised) and every string is escaped here.
@@ -150,7 +154,16 @@ def build_timeline(trial: Trial, offending: Iterable[int] = (),
     lanes: list[Lane] = []
     by_nonce: dict[str, Lane] = {}
     stops: list[float] = []
+    racer_chat: dict[str, str | None] = {}  # racer nonce → its chat
+    wins: dict[str | None, int] = {}        # chat → racers that got 200 on it
     for inv, done in trial.completions():
+        if inv.f == "turn" and _value(inv).get("role") == "racer":
+            chat = _value(inv).get("chat_id")
+            chat = chat if isinstance(chat, str) else None
+            if isinstance(inv.nonce, str):
+                racer_chat[inv.nonce] = chat
+            if done is not None and done.type != "fail" and _ns(_value(done).get("status")) == 200:
+                wins[chat] = wins.get(chat, 0) + 1
         lane = (_turn_lane if inv.f == "turn" else _call_lane)(inv, done, clock)
         lane.ops = (inv.index,) if done is None else (inv.index, done.index)
         lane.offending = bool(cited & set(lane.ops))
@@ -172,12 +185,23 @@ def build_timeline(trial: Trial, offending: Iterable[int] = (),
                  f"{arrival:+.3f} ms, first token {_fmt(clock.ms(call.first_token_ns))}, "
                  f"{call.tokens_sent} token(s), disconnected {_fmt(gone)}, "
                  f"completed {_fmt(complete)}")
+        contact = call.complete is False
+        chat = racer_chat.get(call.nonce, "") if isinstance(call.nonce, str) else ""
+        ambiguous = chat != "" and wins.get(chat, 0) > 1
+        if contact:
+            title += "; a contact: the connection closed before a whole request"
+        elif ambiguous:
+            title += (f"; attribution ambiguous: {wins[chat]} racers got 200 on the chat, and "
+                      "the nonce is the last user message of the history forwarded")
         bar = (arrival, clock.ms(call.first_token_ns), gone if gone is not None else complete,
                end_kind, title)
-        owner = by_nonce.get(call.nonce) if isinstance(call.nonce, str) else None
+        owner = None if contact or ambiguous or not isinstance(call.nonce, str) else \
+            by_nonce.get(call.nonce)
         if owner is None:
-            owner = Lane(label=f"provider call {call.index} · nonce {call.nonce}", title=title,
-                         offending=True)
+            label = (f"provider contact {call.index} · no request" if contact
+                     else f"provider call {call.index} · attribution ambiguous" if ambiguous
+                     else f"provider call {call.index} · nonce {call.nonce}")
+            owner = Lane(label=label, title=title, offending=not ambiguous)
             lanes.append(owner)
         owner.provider.append(bar)
     spare = [lane for lane in reversed(lanes) if lane.label.startswith("racer ")
