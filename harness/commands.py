@@ -126,6 +126,11 @@ def run_command(args: argparse.Namespace) -> int:
                 extra = f": {info['skipped']}" if info["skipped"] else (
                     f" ({info['trials']} trial{'s' if info['trials'] != 1 else ''})")
                 print(f"{scenario:28} {info['verdict']:8}{extra}")
+            skipped = sum(1 for info in report["scenarios"].values() if info["skipped"])
+            if skipped:
+                print(f"not tested: {skipped} scenario{'s' if skipped != 1 else ''} skipped "
+                      "(reasons above)" + ("" if args.strict else "; --strict makes a skip "
+                                           "exit 3"))
             print()
         print(verdict_table(report))
     return int(report["exit_code"])

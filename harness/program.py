@@ -77,9 +77,19 @@ class Program:
         self.meta = meta
         self.state = state
         self.shared = shared  # survives across trials (reuse_chat)
+        self.decided: str | None = None  # why the trial's verdict can no longer change
 
     async def run(self) -> None:
-        for step in self.scenario.steps:
+        for k, step in enumerate(self.scenario.steps):
+            if self.decided is not None:
+                # The trial's verdict is settled (a property is certainly invalid): the steps
+                # left would only wait out the bounds of a broken service. The drain and the
+                # cleanup still run; properties that needed the skipped steps say unknown.
+                self.meta["cut_short"] = {"because": self.decided, "skipped": [
+                    s.do for s in self.scenario.steps[k:]]}
+                log.info("trial %s cut short after %s: %s", self.ctx.trial_no,
+                         self.scenario.steps[k - 1].do, self.decided)
+                return
             await getattr(self, "step_" + step.do.replace("-", "_"))(step)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -204,9 +214,7 @@ class Program:
             self.rec.add("invoke", "turn", i, st.nonces[i],
                          {"role": "racer", "chat_id": chat, "sent_ns": st.racers[i].sent_ns},
                          time_ns=st.racers[i].sent_ns or release_ns)
-        with trio.move_on_after(self.bound_s):
-            for i in live:
-                await st.racers[i].answered.wait()
+        await self._await_answers(live, release_ns)
         st.winner = _first_winner(st.racers)
         if st.winner is not None and self.ctx.provider is not None:
             # The start frame comes before the provider call (protocol §2.7): wait, bounded,
@@ -224,6 +232,36 @@ class Program:
 
             with trio.move_on_after(self.ctx.config.provider_call_bound_s):
                 await provider.wait_for(called)
+
+    async def _await_answers(self, live: list[int], release_ns: int) -> None:
+        """Until every racer in ``live`` has its answer, within the answer bound — or, when the
+        scenario judges race/losers-fast, until its bound has passed and a winner is known: a
+        loser unanswered then is a violation whatever it gets later, so waiting on cannot
+        change the trial's verdict, and a service that holds its claims open would cost the
+        whole answer bound on every trial. Late answers are still read (until drain)."""
+        st = self.state
+        racers = [st.racers[i] for i in live]
+        full = trio.current_time() + self.bound_s
+        if "race/losers-fast" in self.scenario.properties:
+            cut_ns = release_ns + int((losers_fast_bound_ms(self.ctx.config) + 250) * 1e6)
+            with trio.move_on_at(trio.current_time() + (cut_ns - time.monotonic_ns()) / 1e9):
+                for racer in racers:
+                    await racer.answered.wait()
+            with trio.move_on_at(full):
+                for racer in racers:
+                    if _winners(st.racers) and not racer.answered.is_set():
+                        cut_ms = round((time.monotonic_ns() - release_ns) / 1e6)
+                        late = sum(not r.answered.is_set() for r in racers)
+                        self.meta["answers_cut_ms"] = cut_ms
+                        self.decided = (f"race/losers-fast: {late} racer(s) still unanswered "
+                                        f"{cut_ms} ms after the release, past the "
+                                        f"{losers_fast_bound_ms(self.ctx.config):g} ms bound")
+                        return
+                    await racer.answered.wait()
+            return
+        with trio.move_on_at(full):
+            for racer in racers:
+                await racer.answered.wait()
 
     async def _prepare(self, i: int, racer: Racer, withhold: bool) -> None:
         try:
@@ -636,9 +674,7 @@ class Program:
         await trio.sleep(ctx.config.settle_ms / 1000)  # let the server take every prefix
         release_ns, _ = await release_last_bytes([st.racers[k] for k in live])
         self._record_invokes(list(range(base + 1, base + 1 + n)), release_ns)
-        with trio.move_on_after(self.bound_s):
-            for k in live:
-                await st.racers[k].answered.wait()
+        await self._await_answers(live, release_ns)
 
     def _record_invokes(self, indices: list[int], release_ns: int) -> None:
         st = self.state

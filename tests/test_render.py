@@ -402,6 +402,10 @@ def test_markdown_and_html_list_the_scenarios() -> None:
     assert ("| scenario | verdict | trials | note |\n|---|---|--:|---|\n"
             "| double-submit | valid | 1 | N=2, the browser double-click |\n"
             "| db-outage | skipped | 0 | needs db-control (&lt;control&gt;) |\n") in text
+    assert ("**Not tested** (1 scenario skipped) (`--strict` makes a skip inconclusive):\n\n"
+            "- db-outage: needs db-control (&lt;control&gt;)\n") in text
+    report["strict"] = True
+    assert "**Not tested** (1 scenario skipped):\n" in render_markdown(report)
     page = render_html(report, [])
     assert ("<tr><td><code>db-outage</code></td><td><span class=\"skipped\">skipped</span></td>"
             "<td class=n>0</td><td>needs db-control (&lt;control&gt;)</td></tr>") in page

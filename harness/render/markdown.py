@@ -66,6 +66,19 @@ def _scenario_table(report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def _not_tested(report: Mapping[str, Any]) -> list[str]:
+    """Every skipped scenario with its reason: what was not tested is not passed."""
+    skipped = {name: info.get("skipped") for name, info in (report.get("scenarios") or {}).items()
+               if info.get("skipped")}
+    if not skipped:
+        return []
+    strict = "" if report.get("strict") else " (`--strict` makes a skip inconclusive)"
+    lines = ["", f"**Not tested** ({len(skipped)} scenario{'s' if len(skipped) != 1 else ''} "
+             f"skipped){strict}:", ""]
+    lines += [f"- {md(name)}: {md(reason)}" for name, reason in skipped.items()]
+    return lines
+
+
 def _spreads(report: Mapping[str, Any]) -> list[str]:
     lines = []
     for key, what in (("release_spread_ms", "Release spread (last bytes sent)"),
@@ -124,7 +137,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = [f"## raceharness: {verdict_word(verdict)}", "",
              f"Verdict **{md(verdict)}** (exit code {md(report.get('exit_code'))}). "
              f"{md(_trial_counts(trials))}", "", *_property_table(report),
-             *_scenario_table(report), "", *_spreads(report)]
+             *_scenario_table(report), *_not_tested(report), "", *_spreads(report)]
     if failing:
         lines += _first_failure(report, failing)
     lines += ["", _config_line(report), "", "Reproduce the run:", "",
