@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import select
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -114,8 +115,13 @@ async def _stop(rt: Runtime, user_id: UUID, run_id: UUID | None, chat_id: UUID |
     if row["expired"]:
         # Nobody renews this run's lease: its owner is gone, so end it here.
         return await rt.gate.abort_orphan(row["id"], "stopped by user (owner lease expired)")
+    # Another instance drives the run (or nobody yet knows its owner died): mark the row; the
+    # owner hears the NOTIFY, or reads the mark on its next heartbeat.
     marked = await rt.gate.mark_stop_requested(row["id"])
-    if marked and rt.settings.stop_notify:
+    if marked and rt.settings.stop_notify and Fault.STOP_LOCAL_ONLY not in rt.settings.faults:
+        # FAULT: stop-local-only — no NOTIFY: the single-process design, whose stop reaches only
+        # its own in-memory runs. The mark is written (and answered stopped: true) but the
+        # owner, which neither listens nor polls, streams on to the end.
         await rt.gate.notify_stop(row["id"])
     return marked
 
@@ -133,6 +139,9 @@ async def latest_run(request: Request) -> Response:
 
 
 async def list_runs(request: Request) -> Response:
+    """One page of the chat's runs, newest first: ``{"items": [...], "nextCursor": ...}``.
+    A client that sends neither ``limit`` nor ``cursor`` gets the newest 50 (``items`` as
+    before); ``nextCursor`` is null on the last page."""
     rt = _rt(request)
     user_id = await _user(request)
     chat_id = parse_uuid(request.query_params.get("chatId"), "chatId", required=True)
@@ -140,10 +149,34 @@ async def list_runs(request: Request) -> Response:
     status = request.query_params.get("status") or None
     if status is not None and status not in RUN_STATUSES:
         raise bad_request(f"status: expected one of {', '.join(RUN_STATUSES)}")
+    limit = _page_limit(request.query_params.get("limit") or None)
+    cursor = request.query_params.get("cursor") or None
+    after = None
+    if cursor is not None:
+        try:
+            after = store.decode_cursor(cursor)
+        except store.BadCursor:  # opaque: never echoed (a token pasted by mistake stays out)
+            raise bad_request("cursor: not a nextCursor this server issued, got a value of "
+                              f"length {len(cursor)}") from None
     await _own_chat(rt, chat_id, user_id)
     async with rt.pool.connection() as conn:
-        items = await store.list_runs(conn, chat_id, status)
-    return ok({"items": items})
+        page = await store.list_runs(conn, chat_id, status, limit=limit, after=after)
+    return ok({"items": page.items, "nextCursor": page.next_cursor})
+
+
+_NUMBERISH = re.compile(r"[-+0-9.eE]{1,20}")
+
+
+def _page_limit(raw: str | None) -> int:
+    """``limit``: absent is the default page; else a plain decimal integer in range. A bad
+    value is named when it looks like a number; other text is never echoed (protocol §1)."""
+    if raw is None:
+        return store.RUNS_PAGE_DEFAULT
+    if (raw.isascii() and raw.isdigit() and len(raw) <= 6
+            and 1 <= int(raw) <= store.RUNS_PAGE_MAX):
+        return int(raw)
+    got = repr(raw) if _NUMBERISH.fullmatch(raw) else f"a value of length {len(raw)}"
+    raise bad_request(f"limit: expected an integer from 1 to {store.RUNS_PAGE_MAX}, got {got}")
 
 
 async def healthz(request: Request) -> Response:
@@ -255,7 +288,7 @@ def create_app(settings: Settings, *,
         await pool.open(wait=True, timeout=30.0)
         try:
             gate = Gate(pool, instance_id=settings.instance_id, lease_s=settings.lease_s,
-                        faults=settings.faults)
+                        faults=settings.faults, heartbeat_s=settings.heartbeat_interval_s)
             provider = ProviderClient(settings, transport=provider_transport)
             metrics_ = Metrics()
             registry = Registry(settings, gate, metrics_)
@@ -266,11 +299,12 @@ def create_app(settings: Settings, *,
                 registry=registry, driver=RunDriver(
                     gate, provider, metrics_, settings.faults,
                     settle_retry_s=settings.settle_retry_s,
-                    settle_retry_max_delay_s=min(1.0, settings.heartbeat_interval_s)),
+                    settle_retry_max_delay_s=min(1.0, settings.heartbeat_interval_s),
+                    history_messages=settings.provider_history_messages),
                 auth=Authenticator(pool))
             registry.start()
             log.info("reference instance %s ready (stop channel %s%s)", settings.instance_id,
-                     STOP_CHANNEL, "" if settings.stop_notify else ", notifications off")
+                     STOP_CHANNEL, "" if registry.hears_remote_stops else ", notifications off")
             try:
                 yield
             finally:

@@ -3,6 +3,10 @@
 Every fault is off by default. A server with any fault on logs it loudly at start and reports
 it from ``/healthz``, so nobody runs a faulty server by accident. The catalogue mirrors
 conformance.md §4; the code path each one changes is named beside it.
+
+Two faults show only with several instances on one database: ``lease-too-short`` (an instance
+never reclaims its own live run, so only another instance's turn or reaper takes the chat) and
+``stop-local-only`` (a stop received by the owner itself still works).
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ class Fault(StrEnum):
     NO_LEASE = "no-lease"
     # gate.py: terminal writes without compare-and-set; a late writer overwrites a final status.
     LATE_WRITE_OVERWRITES = "late-write-overwrites"
+    # gate.py: the lease written at the INSERT and at each renewal is a tenth of the heartbeat
+    # interval, so a live run looks expired between heartbeats; another instance sharing the
+    # database (its pre-check or its reaper) reclaims the chat while the run still streams.
+    LEASE_TOO_SHORT = "lease-too-short"
+    # registry.py/app.py: a stop reaches only the runs of the instance that received it, the
+    # single-process design: no NOTIFY is sent or listened for and the heartbeat ignores
+    # stop_requested_at. A stop sent to another instance marks the row (stopped: true) and
+    # the owner streams on to the end.
+    STOP_LOCAL_ONLY = "stop-local-only"
 
 
 VALID_FAULTS: tuple[str, ...] = tuple(f.value for f in Fault)

@@ -5,7 +5,9 @@ Theory of operation
 A chat may hold at most one *active* run (``pending`` or ``running``). Two guards exist:
 
 1. ``precheck`` — a fast read that answers 409 early for the common case (a second click after
-   the first turn has started). It also reclaims a holder whose lease expired (its process died).
+   the first turn has started). It also reclaims a holder whose lease expired (its process died),
+   but never a run this instance is still driving (see :meth:`Gate.spare`): that one's lease
+   lapsed only because the database could not be reached to renew it, and it is renewed instead.
    It is only an optimisation: two simultaneous turns can both pass it.
 2. ``begin`` — the authoritative gate: an INSERT of the run row, committed at once. The partial
    unique index ``ai_chat_runs_one_active_per_chat`` lets exactly one INSERT win; every other
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,17 +53,32 @@ _ACTIVE = "status IN ('pending', 'running')"
 # The reclaim and the holder lookup are two statements on purpose: a reclaim that waited on the
 # row lock of a concurrent reclaim (or the owner's late settle) must look for the holder in a new
 # snapshot, or it reports the run that was just ended as the chat's active run.
+#
+# %(live)s: the runs of the chat this instance is still driving (never empty: the nil uuid pads
+# it, so every execution binds one parameter type and reuses one prepared plan). They are never
+# reclaimed here, whatever their lease says: a lease lapses while its owner lives when the
+# database was out for longer than the lease (the heartbeat could not renew it). Reclaiming
+# one would let this very turn win while the old run still streams, untracked, until the next
+# heartbeat finds its row ended. Its lease is renewed instead, so no other instance reclaims it.
 _ADMIT = f"""
 WITH owner AS (
     SELECT creator_id FROM ai_chats WHERE id = %(chat_id)s AND deleted_at IS NULL
+), allowed AS (
+    SELECT %(user_id)s::uuid IS NULL
+           OR EXISTS (SELECT 1 FROM owner WHERE creator_id = %(user_id)s::uuid) AS ok
 ), reclaimed AS (
     UPDATE ai_chat_runs
        SET status = 'aborted', error = 'lease expired',
            finished_at = now(), updated_at = now()
      WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND lease_expires_at < now()
-       AND (%(user_id)s::uuid IS NULL
-            OR EXISTS (SELECT 1 FROM owner WHERE creator_id = %(user_id)s::uuid))
+       AND NOT (id = ANY(%(live)s::uuid[])) AND (SELECT ok FROM allowed)
  RETURNING id, assistant_message_id
+), renewed AS (
+    UPDATE ai_chat_runs
+       SET lease_expires_at = now() + make_interval(secs => %(lease_s)s::float8),
+           updated_at = now()
+     WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND lease_expires_at < now()
+       AND id = ANY(%(live)s::uuid[]) AND (SELECT ok FROM allowed)
 ), aborted_messages AS (
     UPDATE ai_chat_messages SET status = 'aborted', updated_at = now()
      WHERE id IN (SELECT assistant_message_id FROM reclaimed) AND status = 'streaming'
@@ -69,7 +86,8 @@ WITH owner AS (
 SELECT (SELECT creator_id FROM owner), (SELECT count(*) FROM reclaimed), h.id, h.expired
   FROM (SELECT 1) AS one
   LEFT JOIN LATERAL (
-       SELECT id, coalesce(lease_expires_at < now(), false) AS expired
+       SELECT id, coalesce(lease_expires_at < now() AND NOT (id = ANY(%(live)s::uuid[])),
+                           false) AS expired
          FROM ai_chat_runs
         WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND id NOT IN (SELECT id FROM reclaimed)
         ORDER BY created_at DESC, id DESC LIMIT 1) AS h ON true
@@ -107,7 +125,8 @@ async def prepare_connection(conn: AsyncConn) -> None:
     await conn.set_autocommit(True)
     try:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
-        await conn.execute(_ADMIT, {"chat_id": _NIL, "user_id": _NIL}, prepare=True)
+        await conn.execute(_ADMIT, {"chat_id": _NIL, "user_id": _NIL, "live": [_NIL],
+                                    "lease_s": 1.0}, prepare=True)
         await conn.execute(_ACTIVE_HOLDER, (_NIL,), prepare=True)
     finally:
         await conn.set_autocommit(autocommit)
@@ -139,17 +158,41 @@ class Admission:
     active_id: UUID | None
 
 
+def _drives_none(chat_id: UUID) -> Collection[UUID]:
+    return ()
+
+
 class Gate:
-    """Run SQL bound to one pool and one instance's settings."""
+    """Run SQL bound to one pool and one instance's settings.
+
+    ``heartbeat_s``: the instance's heartbeat interval; only the lease-too-short fault needs it.
+    """
 
     def __init__(self, pool: AsyncConnectionPool, *, instance_id: str, lease_s: float,
-                 faults: frozenset[Fault]) -> None:
+                 faults: frozenset[Fault], heartbeat_s: float | None = None) -> None:
         self.pool = pool
         self.instance_id = instance_id
         self.lease_s = lease_s
         self.faults = faults
+        # The lease this instance writes, at the INSERT and at every renewal.
+        self.written_lease_s = lease_s
+        if Fault.LEASE_TOO_SHORT in faults:
+            # FAULT: lease-too-short — a tenth of the heartbeat interval, so a live run looks
+            # expired for most of the time between two heartbeats, and another instance's
+            # pre-check or reaper reclaims it while it streams. (The LEASE_S setting itself is
+            # still validated to exceed the heartbeat; only what is written is short.)
+            if heartbeat_s is None:
+                raise ValueError("the lease-too-short fault needs the heartbeat interval")
+            self.written_lease_s = heartbeat_s / 10
         # FAULT: claim-held-open — turn connections whose open INSERT a run's claim now holds.
         self._claimed: set[AsyncConn] = set()
+        self._drives: Callable[[UUID], Collection[UUID]] = _drives_none
+
+    def spare(self, drives: Callable[[UUID], Collection[UUID]]) -> None:
+        """Tell the gate which runs of a chat this instance is still driving (the registry's
+        live runs): its pre-check never reclaims them, whatever their lease says, and renews
+        a lapsed one instead. Until this is called, the gate drives no run."""
+        self._drives = drives
 
     # -- guards ---------------------------------------------------------------------------
 
@@ -176,6 +219,8 @@ class Gate:
         """The pre-check, in one autocommit round trip: the chat's owner, the reclaim of an
         expired holder (only when ``user_id`` owns the chat, or no user is given), and the
         active holder left. Never raises for a conflict: the caller answers 403 before 409.
+        A run this instance still drives is never reclaimed: its lapsed lease is renewed, and
+        it is reported as the active holder (409 naming it), as the reaper spares it too.
 
         One statement sees one snapshot, so the holder query excludes the rows it reclaims,
         and an expired holder someone else reclaimed meanwhile is looked up again. The
@@ -183,8 +228,10 @@ class Gate:
 
         ``conn``: the turn's connection (:meth:`turn_connection`); one of the pool otherwise."""
         async with _lent(conn, self.pool) as conn:
-            cur = await conn.execute(_ADMIT, {"chat_id": chat_id, "user_id": user_id},
-                                     prepare=True)  # planned once per connection
+            cur = await conn.execute(_ADMIT, {
+                "chat_id": chat_id, "user_id": user_id,
+                "live": [_NIL, *self._drives(chat_id)], "lease_s": self.written_lease_s,
+            }, prepare=True)  # planned once per connection
             row = await cur.fetchone()
             assert row is not None
             owner, reclaimed, active_id, expired = row
@@ -218,7 +265,8 @@ class Gate:
         params = {
             "id": run_id or uuid4(), "chat_id": chat_id, "user_id": user_id,
             "instance": self.instance_id,
-            "lease_s": None if Fault.NO_LEASE in self.faults else self.lease_s,  # FAULT: no-lease
+            # FAULT: no-lease
+            "lease_s": None if Fault.NO_LEASE in self.faults else self.written_lease_s,
         }
         if Fault.CLAIM_HELD_OPEN in self.faults:
             return await self._begin_held_open(params, conn)
@@ -440,7 +488,7 @@ class Gate:
                 f"""UPDATE ai_chat_runs SET lease_expires_at = {lease}, updated_at = now()
                      WHERE id = ANY(%(ids)s) AND {_ACTIVE}
                  RETURNING id, stop_requested_at IS NOT NULL""",
-                {"ids": run_ids, "lease_s": self.lease_s})
+                {"ids": run_ids, "lease_s": self.written_lease_s})
             return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def reap_expired(self, live: list[UUID] | None = None) -> list[UUID]:

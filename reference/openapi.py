@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from reference.schema import RUN_STATUSES
+from reference.store import RUNS_PAGE_DEFAULT, RUNS_PAGE_MAX
 
 _UUID: dict[str, Any] = {"type": "string", "format": "uuid"}
 _TIME: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
@@ -164,17 +165,30 @@ OPENAPI: dict[str, Any] = {
         }},
         "/api/ai-chat/runs": {"get": {
             "operationId": "listRuns",
-            "summary": "Every run of a chat, newest first",
+            "summary": "The runs of a chat, newest first, a page at a time",
             "parameters": [
                 {"name": "chatId", "in": "query", "required": True, "schema": _UUID},
                 {"name": "status", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": list(RUN_STATUSES)}},
+                {"name": "limit", "in": "query", "required": False,
+                 "description": f"Runs per page (default {RUNS_PAGE_DEFAULT})",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": RUNS_PAGE_MAX,
+                            "default": RUNS_PAGE_DEFAULT}},
+                {"name": "cursor", "in": "query", "required": False,
+                 "description": "The nextCursor of the previous page (opaque)",
+                 "schema": {"type": "string"}},
             ],
             "responses": {
-                "200": _wrapped({"type": "object", "required": ["items"],
-                                 "properties": {"items": {"type": "array",
-                                                          "items": _ref("Run")}}},
-                                "The chat's runs"),
+                "200": _wrapped({
+                    "type": "object", "required": ["items", "nextCursor"],
+                    "properties": {
+                        "items": {"type": "array", "items": _ref("Run"),
+                                  "maxItems": RUNS_PAGE_MAX},
+                        "nextCursor": {"type": ["string", "null"],
+                                       "description": "Pass as cursor for the next page; "
+                                                      "null on the last page"},
+                    },
+                }, "A page of the chat's runs (created_at DESC, id DESC)"),
                 "400": _E400, "401": _E401, "403": _E403, "503": _E503,
             },
         }},

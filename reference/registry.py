@@ -5,7 +5,11 @@
   active stops the local run.
 - Reaper: aborts active runs whose lease expired (their process died), never one this instance
   is streaming (after a database outage longer than the lease, the next heartbeat renews it).
+  The gate's pre-check spares the same runs (``Gate.spare``, wired here): a turn landing on
+  this instance never reclaims the chat from a run the instance still streams.
 - Listener: ``LISTEN ai_chat_run_stop``; a notification naming a local run stops it at once.
+  (Under the stop-local-only fault there is neither listener nor poll: a stop reaches only the
+  runs of the instance that received it.)
 - Shutdown: aborts this instance's own runs, never another instance's.
 - Parent watch (``REFERENCE_PARENT_PID``): when the process that started this server is gone
   (a harness killed with SIGKILL runs no cleanup), the server shuts itself down as on SIGTERM.
@@ -28,6 +32,7 @@ from uuid import UUID
 import psycopg
 
 from reference.aio import cancel_until_done
+from reference.faults import Fault
 from reference.gate import Gate
 from reference.metrics import Metrics
 from reference.runner import LiveRun
@@ -50,6 +55,8 @@ class Registry:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self.listening = asyncio.Event()
+        # The gate's pre-check spares what this instance drives, as the reaper below does.
+        gate.spare(self.live_run_ids)
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -71,6 +78,11 @@ class Registry:
         task = asyncio.create_task(_owned(), name=f"run-{run.run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def live_run_ids(self, chat_id: UUID) -> list[UUID]:
+        """The runs of ``chat_id`` whose task this instance still runs (tracked ones). A scan:
+        an instance drives few runs at once, and a chat at most one but for a fault."""
+        return [run_id for run_id, run in self.runs.items() if run.chat_id == chat_id]
 
     def active_count(self) -> int:
         return len(self.runs) + len(self.untracked)
@@ -110,11 +122,17 @@ class Registry:
             self.settings.heartbeat_interval_s, self.heartbeat), name="heartbeat"))
         self._loops.append(asyncio.create_task(self._every(
             self.settings.reaper_interval_s, self.reap), name="reaper"))
-        if self.settings.stop_notify:
+        if self.hears_remote_stops:
             self._loops.append(asyncio.create_task(self._listen(), name="stop-listener"))
         if self.settings.parent_pid is not None:
             self._loops.append(asyncio.create_task(self._watch_parent(self.settings.parent_pid),
                                                    name="parent-watch"))
+
+    @property
+    def hears_remote_stops(self) -> bool:
+        """Whether this instance LISTENs for stops received by other instances."""
+        # FAULT: stop-local-only — no listener: a stop received elsewhere never reaches us.
+        return self.settings.stop_notify and Fault.STOP_LOCAL_ONLY not in self.settings.faults
 
     async def close(self) -> None:
         await self.abort_all("server shutting down")
@@ -143,7 +161,9 @@ class Registry:
             if run_id not in rows:
                 if not run.settled.is_set():
                     run.request_stop("run ended elsewhere")
-            elif rows[run_id]:
+            elif rows[run_id] and Fault.STOP_LOCAL_ONLY not in self.settings.faults:
+                # FAULT: stop-local-only — stop_requested_at is never polled: only a stop
+                # received by this instance (stop_local) ends its runs.
                 run.request_stop("stopped by user")
 
     async def reap(self) -> None:

@@ -86,13 +86,14 @@ class LiveRun:
 class RunDriver:
     def __init__(self, gate: Gate, provider: ProviderClient, metrics: Metrics,
                  faults: frozenset[Fault], *, settle_retry_s: float = 120.0,
-                 settle_retry_max_delay_s: float = 1.0) -> None:
+                 settle_retry_max_delay_s: float = 1.0, history_messages: int = 50) -> None:
         self.gate = gate
         self.provider = provider
         self.metrics = metrics
         self.faults = faults
         self.settle_retry_s = settle_retry_s
         self.settle_retry_max_delay_s = settle_retry_max_delay_s
+        self.history_messages = history_messages  # PROVIDER_HISTORY_MESSAGES
 
     async def drive(self, run: LiveRun) -> None:
         content: list[str] = []
@@ -105,7 +106,8 @@ class RunDriver:
             nonlocal stream, text_started
             if stream is None:
                 async with self.gate.connection(run.claim) as conn:
-                    messages = await store.history(conn, run.chat_id, run.message_id)
+                    messages = await store.history(conn, run.chat_id, run.message_id,
+                                                   self.history_messages)
                 self.metrics.provider_calls += 1
                 stream = await _open_unabandoned(self.provider, messages)
             async for token in stream.tokens():

@@ -58,6 +58,9 @@ class Settings:
     # leaves no server behind).
     parent_pid: int | None = None
     apply_schema: bool = True
+    # How many of the chat's messages the provider gets: the newest ones, oldest first, the new
+    # user message always the last of them. Bounds the request (and its cost) on a long chat.
+    provider_history_messages: int = 50
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -83,6 +86,9 @@ class Settings:
             raise SettingsError(f"REFERENCE_PARENT_PID: must be a pid > 0, got {self.parent_pid!r}")
         if not self.max_body_bytes > 0:
             raise SettingsError(f"MAX_BODY_BYTES: must be > 0, got {self.max_body_bytes!r}")
+        if not self.provider_history_messages > 0:
+            raise SettingsError("PROVIDER_HISTORY_MESSAGES: must be > 0 (the new user message "
+                                f"is always sent), got {self.provider_history_messages!r}")
         if not self.provider_base_url.startswith(("http://", "https://")):
             url = self.provider_base_url
             scheme = url.split("://", 1)[0][:20] if "://" in url else "none"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -85,13 +87,21 @@ async def seed_assistant_message(conn: AsyncConn, chat_id: UUID, run_id: UUID | 
     return row[0]
 
 
-async def history(conn: AsyncConn, chat_id: UUID, exclude_id: UUID | None) -> list[dict[str, str]]:
-    """The chat's completed messages, oldest first, as provider ``messages``."""
+async def history(conn: AsyncConn, chat_id: UUID, exclude_id: UUID | None,
+                  limit: int) -> list[dict[str, str]]:
+    """The chat's newest ``limit`` completed messages, oldest first, as provider ``messages``.
+
+    Bounded: a long chat must not grow every provider request (and its cost and latency)
+    without end. The newest are kept, so the turn's own user message, the newest completed
+    one when the run starts, is always the last; the index on (chat_id, created_at) serves
+    the newest-first scan."""
     cur = await conn.execute(
-        """SELECT role, content FROM ai_chat_messages
-            WHERE chat_id = %s AND status = 'completed' AND content <> ''
-              AND (%s::uuid IS NULL OR id <> %s::uuid)
-            ORDER BY created_at, id""", (chat_id, exclude_id, exclude_id))
+        """SELECT role, content FROM (
+               SELECT role, content, created_at, id FROM ai_chat_messages
+                WHERE chat_id = %s AND status = 'completed' AND content <> ''
+                  AND (%s::uuid IS NULL OR id <> %s::uuid)
+                ORDER BY created_at DESC, id DESC LIMIT %s) AS newest
+            ORDER BY created_at, id""", (chat_id, exclude_id, exclude_id, limit))
     return [{"role": r[0], "content": r[1]} for r in await cur.fetchall()]
 
 
@@ -134,10 +144,64 @@ async def latest_run(conn: AsyncConn, chat_id: UUID) -> tuple[dict[str, Any] | N
             None if message is None else to_wire(message, MESSAGE_WIRE_KEYS))
 
 
-async def list_runs(conn: AsyncConn, chat_id: UUID, status: str | None) -> list[dict[str, Any]]:
+RUNS_PAGE_DEFAULT = 50
+RUNS_PAGE_MAX = 200
+
+
+@dataclass(frozen=True)
+class RunsPage:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class BadCursor(ValueError):
+    """A ``cursor`` this server did not issue (the caller answers 400)."""
+
+
+def encode_cursor(created_at: datetime, run_id: UUID) -> str:
+    """The position after a run, newest first: its (created_at, id), opaque to clients."""
+    raw = json.dumps([created_at.isoformat(), str(run_id)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+_CURSOR_MAX_CHARS = 200  # an issued cursor is about 100
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, id) of an issued cursor; :class:`BadCursor` for anything else."""
+    try:
+        if len(cursor) > _CURSOR_MAX_CHARS:
+            raise ValueError("too long")
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not (isinstance(decoded, list) and len(decoded) == 2
+                and all(isinstance(v, str) for v in decoded)):
+            raise ValueError("not a [created_at, id] pair")
+        at = datetime.fromisoformat(decoded[0])
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return at, UUID(decoded[1])
+    except (ValueError, RecursionError) as exc:  # binascii.Error is a ValueError
+        raise BadCursor("not a cursor this server issued") from exc
+
+
+async def list_runs(conn: AsyncConn, chat_id: UUID, status: str | None, *,
+                    limit: int = RUNS_PAGE_DEFAULT,
+                    after: tuple[datetime, UUID] | None = None) -> RunsPage:
+    """One page of the chat's runs, newest first (created_at DESC, id DESC), resumed after
+    the position ``after`` (a decoded cursor). Keyset paging: a page costs the same however
+    deep it is, and a run started between two pages shifts nothing (it sorts before the
+    first page). One row more than the page is read to learn whether another follows."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"""SELECT {RUN_COLUMNS} FROM ai_chat_runs
-                 WHERE chat_id = %s AND (%s::text IS NULL OR status = %s::text)
-                 ORDER BY created_at DESC, id DESC""", (chat_id, status, status))
-        return [to_wire(r, RUN_WIRE_KEYS) for r in await cur.fetchall()]
+                 WHERE chat_id = %(chat)s AND (%(status)s::text IS NULL OR status = %(status)s)
+                   AND (%(at)s::timestamptz IS NULL
+                        OR (created_at, id) < (%(at)s::timestamptz, %(id)s::uuid))
+                 ORDER BY created_at DESC, id DESC LIMIT %(limit)s""",
+            {"chat": chat_id, "status": status, "limit": limit + 1,
+             "at": None if after is None else after[0], "id": None if after is None else after[1]})
+        rows = await cur.fetchall()
+    page = rows[:limit]
+    next_cursor = (encode_cursor(page[-1]["created_at"], page[-1]["id"])
+                   if len(rows) > limit else None)
+    return RunsPage([to_wire(r, RUN_WIRE_KEYS) for r in page], next_cursor)

@@ -117,8 +117,9 @@ async def _open_provider_early(rt: Runtime, conn: AsyncConn, chat_id: UUID | Non
                                user_text: str) -> ProviderStream | None:
     # FAULT: provider-before-gate — the provider request goes out before the run row exists.
     messages: list[dict[str, str]] = []
-    if chat_id is not None:
-        messages = await store.history(conn, chat_id, None)
+    if chat_id is not None:  # the new user message is not written yet: one place kept for it
+        messages = await store.history(conn, chat_id, None,
+                                       rt.settings.provider_history_messages - 1)
     messages.append({"role": "user", "content": user_text})
     rt.metrics.provider_calls += 1
     try:

@@ -454,7 +454,7 @@ def test_the_catalogue_is_conformance_section_4() -> None:
         "swallow-unique-violation", "no-unique-index", "blanket-500", "provider-before-gate",
         "persist-before-gate", "claim-held-open", "untracked-on-begin-failure",
         "leak-on-provider-error", "stop-ignores-provider", "ignore-disconnect", "no-lease",
-        "late-write-overwrites")
+        "late-write-overwrites", "lease-too-short", "stop-local-only")
 
 
 def test_unknown_fault_in_the_environment_is_a_settings_error() -> None:

@@ -267,6 +267,47 @@ async def test_precheck_after_a_concurrent_reclaim_reports_the_chat_free(pg_dsn:
     assert active_ids(pg_dsn, chat) == []
 
 
+async def test_precheck_spares_and_renews_a_run_the_instance_still_drives(pg_dsn: str) -> None:
+    """A run this instance drives whose lease lapsed (a database outage longer than the lease
+    stopped its heartbeat) is the chat's active run, not a reclaimable one."""
+    user, (chat, other) = seed(pg_dsn)
+    async with open_gate(pg_dsn) as gate:
+        live = await gate.begin(chat_id=chat, user_id=user)
+        dead = await gate.begin(chat_id=other, user_id=user)
+        assert live is not None and dead is not None
+        live_msg = seed_message(pg_dsn, chat, live.run_id)
+        gate.spare(lambda chat_id: [live.run_id] if chat_id == chat else [])
+        expire(pg_dsn, live.run_id)
+        expire(pg_dsn, dead.run_id)
+        with pytest.raises(RunAlreadyActiveError) as info:
+            await gate.precheck(chat)
+        admission = await gate.admit(chat, user)
+        reclaimed_other = await gate.precheck(other)  # not driven here: reclaimed as before
+    assert (info.value.active_run_id, info.value.path) == (live.run_id, "precheck")
+    assert (admission.reclaimed, admission.active_id) == (0, live.run_id)
+    row = run_row(pg_dsn, live.run_id)
+    assert (row["status"], row["error"]) == ("running", None)
+    assert row["lease_expires_at"] - row["updated_at"] == timedelta(seconds=LEASE_S)
+    assert message(pg_dsn, live_msg)["status"] == "streaming"
+    assert reclaimed_other == PrecheckResult(reclaimed=1)
+    assert run_row(pg_dsn, dead.run_id)["status"] == "aborted"
+
+
+async def test_a_foreign_users_precheck_renews_nothing(pg_dsn: str) -> None:
+    """The renewal, like the reclaim, is written only for the chat's owner: a turn answered
+    403 writes nothing."""
+    user, (chat, _) = seed(pg_dsn)
+    async with open_gate(pg_dsn) as gate:
+        live = await gate.begin(chat_id=chat, user_id=user)
+        assert live is not None
+        gate.spare(lambda chat_id: [live.run_id])
+        expire(pg_dsn, live.run_id)
+        before = run_row(pg_dsn, live.run_id)
+        admission = await gate.admit(chat, uuid.uuid4())
+    assert admission.owner == user and admission.reclaimed == 0
+    assert run_row(pg_dsn, live.run_id) == before
+
+
 # -- settle: compare-and-set -----------------------------------------------------------------------
 
 async def test_settle_ends_an_active_run_and_its_message(pg_dsn: str) -> None:
@@ -436,6 +477,8 @@ async def test_a_pooled_connection_is_lent_with_generic_plans_and_the_gate_prepa
         assert claim is not None
         admission = await gate.admit(chat, user)  # through the prepared statement
         assert (admission.owner, admission.active_id) == (user, claim.run_id)
+        gate.spare(lambda chat_id: [claim.run_id])  # a live run's id: the same parameter types
+        assert (await gate.admit(chat, user)).active_id == claim.run_id
         async with pool.connection() as conn:  # still two: the pre-check was not prepared anew
             cur = await conn.execute("SELECT count(*) FROM pg_prepared_statements "
                                      "WHERE statement LIKE '%%reclaimed AS%%'")

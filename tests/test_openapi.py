@@ -11,10 +11,12 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 from urllib.parse import quote, quote_from_bytes, urlencode
 
 import httpx
+import jsonschema  # type: ignore[import-untyped]
 import psycopg
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -25,7 +27,7 @@ from test_bad_input import assert_well_formed_stream, count_rows, json_values, t
 from reference.app import create_app
 from reference.openapi import OPENAPI
 from reference.schema import RUN_STATUSES
-from reference.store import MESSAGE_WIRE_KEYS, RUN_WIRE_KEYS, _camel
+from reference.store import MESSAGE_WIRE_KEYS, RUN_WIRE_KEYS, _camel, encode_cursor
 
 FUZZ = settings(max_examples=50, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow,
@@ -160,6 +162,8 @@ def _check_answer(served: Served, path: str, method: str, resp: httpx.Response) 
         else:
             body = resp.json()
             assert (body["success"], body["status"]) == (True, 200)
+            schema = documented["200"]["content"]["application/json"]["schema"]
+            jsonschema.validate(body, {**schema, "components": OPENAPI["components"]})
         return
     assert resp.headers["content-type"] == "application/json"
     body = resp.json()
@@ -186,14 +190,17 @@ def test_post_routes_never_5xx_on_arbitrary_json(served: Served, path: str) -> N
 
 
 query_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+limits = st.sampled_from(["1", "50", "200", "0", "201", "-1", "1.5"]) | st.integers().map(str)
+cursors = st.builds(encode_cursor, st.datetimes(timezones=st.just(UTC)), st.uuids())
 query_params = st.dictionaries(
-    st.sampled_from(["chatId", "status"]) | query_text,
+    st.sampled_from(["chatId", "status", "limit", "cursor"]) | query_text,
     query_text | st.sampled_from(RUN_STATUSES) | st.uuids().map(str)
-    | st.tuples(st.just(ID), st.integers(0, 3)),
-    max_size=3)
-chat_query = st.fixed_dictionaries(  # a seeded chat (alice's or bob's), maybe a status
+    | st.tuples(st.just(ID), st.integers(0, 3)) | limits | cursors,
+    max_size=4)
+chat_query = st.fixed_dictionaries(  # a seeded chat (alice's or bob's), maybe a status, a page
     {"chatId": st.tuples(st.just(ID), st.sampled_from([0, 2]))},
-    optional={"status": st.sampled_from(RUN_STATUSES) | query_text})
+    optional={"status": st.sampled_from(RUN_STATUSES) | query_text,
+              "limit": limits | query_text, "cursor": cursors | query_text})
 # any text, percent-encoded only where a URL cannot carry it raw (its '%', '&', '=' stay)
 raw_queries = query_text.map(lambda t: quote(t, safe="=&+%/?;")) | st.binary(max_size=24).map(
     lambda b: "chatId=" + quote_from_bytes(b))

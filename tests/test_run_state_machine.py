@@ -7,7 +7,10 @@ Operations, on 3 chats: begin (with or without the pre-check, as the turn and a 
 request-stop (another instance marks the row), the owner ending its run (succeeded / failed /
 aborted), a full stop, a client disconnect (a stop under AUTONOMOUS_RUNS=false, a finish under
 true), a lease lapsing (its owner died), the pre-check or the reaper reclaiming it, a heartbeat
-renewing leases, and a late settle of an already-terminal run.
+renewing leases, and a late settle of an already-terminal run. The machine's gate is one
+instance: the runs it begins are driven by it until their owner "dies", and a lease that lapses
+while the instance still drives the run (a database outage longer than the lease) is renewed,
+never reclaimed, by its own pre-check and reaper.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class ModelRun:
     error: str | None = None
     stop_requested: bool = False
     lapsed: bool = False  # its lease is in the past (the owner died or stalled)
+    driven: bool = True  # this instance still drives it (False once its owner died)
     finished_at: datetime | None = None  # as first written, once terminal
     content: str = ""  # the assistant message's, written only by the owner's settle
 
@@ -92,6 +96,7 @@ class RunLifecycle(RuleBasedStateMachine):
         self.pool = AsyncConnectionPool(self.dsn, min_size=2, max_size=4, timeout=10, open=False)
         self.run(self.pool.open(wait=True, timeout=30))
         self.gate = Gate(self.pool, instance_id="machine", lease_s=LEASE_S, faults=frozenset())
+        self.gate.spare(lambda chat_id: self._driven(chat_id))
         self.runs: dict[UUID, ModelRun] = {}
         self.active: list[UUID | None] = [None] * CHATS
 
@@ -133,19 +138,27 @@ class RunLifecycle(RuleBasedStateMachine):
         run.content = f"{status}!"
         self._end(run, status, error, stop)
 
+    def _driven(self, chat_id: UUID | None = None) -> list[UUID]:
+        """The active runs this instance drives (of ``chat_id``, or every chat)."""
+        return [r for r, m in self.runs.items() if m.driven and m.status in ACTIVE
+                and chat_id in (None, self.chats[m.chat])]
+
     def _reclaimed(self, run_id: UUID) -> None:
         self._end(self.runs[run_id], "aborted", "lease expired")
 
     def _check_precheck(self, chat: int) -> None:
         holder = self.active[chat]
         lapsed = holder is not None and self.runs[holder].lapsed
+        driven = holder is not None and self.runs[holder].driven
         try:
             result = self.run(self.gate.precheck(self.chats[chat]))
         except RunAlreadyActiveError as exc:
-            assert holder is not None and not lapsed
+            assert holder is not None and (driven or not lapsed)
             assert (exc.chat_id, exc.active_run_id, exc.path) == (
                 self.chats[chat], holder, "precheck")
+            self.runs[holder].lapsed = False  # a driven run's lapsed lease is renewed
             return
+        assert not driven, "the pre-check reclaimed a run this instance still drives"
         if lapsed:
             assert holder is not None
             assert result == PrecheckResult(reclaimed=1)
@@ -245,12 +258,21 @@ class RunLifecycle(RuleBasedStateMachine):
         """The owner died: its lease passes (moved into the past rather than waited for)."""
         self._lapse(self._active_chat(data))
 
-    def _lapse(self, chat: int) -> None:
+    @precondition(lambda self: any(r is not None for r in self.active))
+    @rule(data=st.data())
+    def outage(self, data: st.DataObject) -> None:
+        """The lease passes while this instance still drives the run: a database outage
+        longer than the lease kept its heartbeat from renewing it."""
+        self._lapse(self._active_chat(data), owner_died=False)
+
+    def _lapse(self, chat: int, owner_died: bool = True) -> None:
         run_id = self.active[chat]
         assert run_id is not None
         self.db.execute("UPDATE ai_chat_runs SET lease_expires_at = now() - interval '1 hour' "
                         "WHERE id = %s", (run_id,))
         self.runs[run_id].lapsed = True
+        if owner_died:
+            self.runs[run_id].driven = False
 
     @precondition(lambda self: any(r is not None for r in self.active))
     @rule(data=st.data(), via=st.sampled_from(["precheck", "reap"]))
@@ -283,8 +305,9 @@ class RunLifecycle(RuleBasedStateMachine):
 
     @rule()
     def reap(self) -> None:
-        lapsed = {r for r, m in self.runs.items() if m.status in ACTIVE and m.lapsed}
-        reaped = self.run(self.gate.reap_expired())
+        lapsed = {r for r, m in self.runs.items()
+                  if m.status in ACTIVE and m.lapsed and not m.driven}
+        reaped = self.run(self.gate.reap_expired(self._driven()))
         assert sorted(reaped) == sorted(lapsed)  # never a live run
         for run_id in reaped:
             self._reclaimed(run_id)

@@ -56,6 +56,7 @@ EVERY_VARIABLE = {
     "SETTLE_RETRY_S": "90",
     "REFERENCE_PARENT_PID": "4242",
     "APPLY_SCHEMA": "0",
+    "PROVIDER_HISTORY_MESSAGES": "12",
 }
 
 
@@ -68,7 +69,7 @@ def test_from_env_parses_every_variable() -> None:
         stop_notify=False, stop_wait_s=4.0, instance_id="box-7",
         faults=frozenset({Fault.NO_LEASE, Fault.BLANKET_500}), max_body_bytes=2048,
         pool_min_size=3, pool_max_size=9, pool_timeout_s=2.5, pool_reconnect_timeout_s=6.0,
-        settle_retry_s=90.0, parent_pid=4242, apply_schema=False)
+        settle_retry_s=90.0, parent_pid=4242, apply_schema=False, provider_history_messages=12)
 
 
 def test_every_setting_has_a_variable_in_the_test() -> None:
@@ -91,7 +92,8 @@ def test_from_env_defaults_and_overrides() -> None:
                                  instance_id="i-1")
     assert settings == Settings(database_url=DSN, lease_s=40.0, instance_id="i-1")
     assert (settings.autonomous_runs, settings.heartbeat_interval_s, settings.max_body_bytes,
-            settings.faults) == (False, 5.0, 1024 * 1024, frozenset())
+            settings.faults, settings.provider_history_messages) == (
+        False, 5.0, 1024 * 1024, frozenset(), 50)
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -123,6 +125,12 @@ def test_boolean_spellings(raw: str, expected: bool) -> None:
      "POOL_MIN_SIZE/POOL_MAX_SIZE: need 1 <= min <= max, got 8/4"),
     ({"MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES: must be > 0, got 0"),
     ({"MAX_BODY_BYTES": "-1"}, "MAX_BODY_BYTES: must be > 0, got -1"),
+    ({"PROVIDER_HISTORY_MESSAGES": "0"},
+     "PROVIDER_HISTORY_MESSAGES: must be > 0 (the new user message is always sent), got 0"),
+    ({"PROVIDER_HISTORY_MESSAGES": "-3"},
+     "PROVIDER_HISTORY_MESSAGES: must be > 0 (the new user message is always sent), got -3"),
+    ({"PROVIDER_HISTORY_MESSAGES": "many"},
+     "PROVIDER_HISTORY_MESSAGES: expected an integer, got 'many'"),
     ({"PROVIDER_BASE_URL": "ftp://llm.example/v1"},
      "PROVIDER_BASE_URL: must be an http(s) URL, got scheme 'ftp'"),
     ({"PROVIDER_BASE_URL": "llm.example/v1"},
