@@ -243,18 +243,19 @@ class Program:
         racers = [st.racers[i] for i in live]
         full = trio.current_time() + self.bound_s
         if "race/losers-fast" in self.scenario.properties:
-            cut_ns = release_ns + int((losers_fast_bound_ms(self.ctx.config) + 250) * 1e6)
+            last_sent = max((r.sent_ns or release_ns for r in racers), default=release_ns)
+            cut_ns = last_sent + int((losers_fast_bound_ms(self.ctx.config) + 250) * 1e6)
             with trio.move_on_at(trio.current_time() + (cut_ns - time.monotonic_ns()) / 1e9):
                 for racer in racers:
                     await racer.answered.wait()
             with trio.move_on_at(full):
                 for racer in racers:
                     if _winners(st.racers) and not racer.answered.is_set():
-                        cut_ms = round((time.monotonic_ns() - release_ns) / 1e6)
+                        cut_ms = round((time.monotonic_ns() - last_sent) / 1e6)
                         late = sum(not r.answered.is_set() for r in racers)
                         self.meta["answers_cut_ms"] = cut_ms
                         self.decided = (f"race/losers-fast: {late} racer(s) still unanswered "
-                                        f"{cut_ms} ms after the release, past the "
+                                        f"{cut_ms} ms after the last was sent, past the "
                                         f"{losers_fast_bound_ms(self.ctx.config):g} ms bound")
                         return
                     await racer.answered.wait()
@@ -638,42 +639,50 @@ class Program:
         await trio.sleep(hold)
 
     async def step_late_turns(self, step: Step) -> None:
-        """While the winner is still held: one more turn on the chat, answered before a burst
-        of ``n`` more, all recorded as racers (the same properties judge them: each must get
-        409 naming the holder, and none may win)."""
+        """While the winner is still held: more turns one after another, at ``singles`` phases
+        a fraction of the service's heartbeat apart, one to each instance at each phase (so
+        they meet its lease at different points of its renewal, on an instance that does not
+        own the run too: a lease written shorter than the heartbeat is expired at most of
+        them), then a burst of ``n``. All are recorded as racers: the same properties judge
+        them (each must get 409 naming the holder, and none may win)."""
         ctx, st = self.ctx, self.state
         if st.chat_id is None:
             raise StepNotAvailable("late-turns: no chat yet")
-        n = step.arg("n", ctx.config.n)
+        n, phases = step.arg("n", ctx.config.n), max(1, step.arg("singles", 3))
+        gap_s = ctx.settings.get("heartbeat_s", 0.3) / phases
+        instances = len(ctx.targets)
+        singles = phases * instances  # at each phase, one turn to every instance
         base = len(st.racers)
-        nonces = [ctx.nonce(f"late{k}") for k in range(n + 1)]
+        nonces = [ctx.nonce(f"late{k}") for k in range(singles + n)]
         self._provider_modes({nonce: "hold" for nonce in nonces})
-        racers = [ctx.racer(race_text(nonce, "racer"), st.chat_id,
-                            instance=(base + k) % len(ctx.targets))
-                  for k, nonce in enumerate(nonces)]
-        st.racers += racers
+        st.racers += [ctx.racer(race_text(nonce, "racer"), st.chat_id,
+                                instance=k % instances) for k, nonce in enumerate(nonces)]
         st.nonces += nonces
-        first = racers[0]
-        try:
-            with trio.fail_after(ctx.config.connect_timeout_s):
-                await first.connect()
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            st.failed[base] = f"{type(exc).__name__}: {exc}"
-        else:
-            st.readers.start_soon(first.read_response)
-            await _send_whole(first)
-            with trio.move_on_after(self.bound_s):
-                await first.answered.wait()
-        self._record_invokes([base], first.sent_ns or time.monotonic_ns())
+        for k in range(base, base + singles):
+            if k > base and (k - base) % instances == 0:
+                await trio.sleep(gap_s)  # the next phase of the heartbeat, by design
+            racer = st.racers[k]
+            try:
+                with trio.fail_after(ctx.config.connect_timeout_s):
+                    await racer.connect()
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                st.failed[k] = f"{type(exc).__name__}: {exc}"
+            else:
+                st.readers.start_soon(racer.read_response)
+                await _send_whole(racer)
+                with trio.move_on_after(self.bound_s):
+                    await racer.answered.wait()
+            self._record_invokes([k], racer.sent_ns or time.monotonic_ns())
+        burst = list(range(base + singles, base + singles + n))
         async with trio.open_nursery() as nursery:
-            for k, racer in enumerate(racers[1:], base + 1):
-                nursery.start_soon(self._prepare, k, racer, True)
-        live = [k for k in range(base + 1, base + 1 + n) if k not in st.failed]
+            for k in burst:
+                nursery.start_soon(self._prepare, k, st.racers[k], True)
+        live = [k for k in burst if k not in st.failed]
         for k in live:
             st.readers.start_soon(st.racers[k].read_response)
         await trio.sleep(ctx.config.settle_ms / 1000)  # let the server take every prefix
         release_ns, _ = await release_last_bytes([st.racers[k] for k in live])
-        self._record_invokes(list(range(base + 1, base + 1 + n)), release_ns)
+        self._record_invokes(burst, release_ns)
         await self._await_answers(live, release_ns)
 
     def _record_invokes(self, indices: list[int], release_ns: int) -> None:

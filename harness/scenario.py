@@ -96,7 +96,7 @@ STEPS: dict[str, dict[str, type]] = {
     "burst-during-outage": {"n": int},
     "database-up": {"within_s": int},
     "hold-past": {"intervals": int},
-    "late-turns": {"n": int},
+    "late-turns": {"n": int, "singles": int},
 }
 
 _TOP: dict[str, type | tuple[type, ...]] = {
