@@ -31,11 +31,11 @@ from typing import Any
 import pytest
 import trio
 
-from harness.engine import RaceConfig
-from harness.race import RaceOptions, RaceOutcome, run_race, run_scenarios
-from harness.report import verdict_table
-from harness.scenario import resolve
-from harness.target import Target
+from raceharness.core.report import verdict_table
+from raceharness.core.scenario import resolve
+from raceharness.net.target import Target
+from raceharness.trial.context import RaceConfig
+from raceharness.trial.suite import RaceOptions, RaceOutcome, run_race, run_scenarios
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

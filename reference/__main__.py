@@ -1,5 +1,5 @@
 import sys
 
-from reference.server import main
+from raceharness.reference.server import main
 
 sys.exit(main())

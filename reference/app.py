@@ -21,23 +21,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from reference import store
-from reference.arrival import ArrivalTimestamps
-from reference.auth import Authenticator, bearer_token
-from reference.faults import Fault
-from reference.gate import Gate, prepare_connection
-from reference.metrics import Metrics
-from reference.openapi import OPENAPI
-from reference.provider import ProviderClient
-from reference.registry import STOP_CHANNEL, Registry
-from reference.runner import RunDriver
-from reference.runtime import Runtime
-from reference.schema import RUN_STATUSES, apply_schema_sync, check_schema_sync
-from reference.settings import Settings
-from reference.stream_response import RunStreamResponse
-from reference.turn import start_turn
-from reference.turn_input import parse_turn
-from reference.web import (
+from raceharness.reference import store
+from raceharness.reference.arrival import ArrivalTimestamps
+from raceharness.reference.auth import Authenticator, bearer_token
+from raceharness.reference.faults import Fault
+from raceharness.reference.gate import Gate, prepare_connection
+from raceharness.reference.metrics import Metrics
+from raceharness.reference.openapi import OPENAPI
+from raceharness.reference.provider import ProviderClient
+from raceharness.reference.registry import STOP_CHANNEL, Registry
+from raceharness.reference.runner import RunDriver
+from raceharness.reference.runtime import Runtime
+from raceharness.reference.schema import RUN_STATUSES, apply_schema_sync, check_schema_sync
+from raceharness.reference.settings import Settings
+from raceharness.reference.stream_response import RunStreamResponse
+from raceharness.reference.turn import start_turn
+from raceharness.reference.turn_input import parse_turn
+from raceharness.reference.web import (
     HttpError,
     bad_request,
     forbidden,

@@ -40,9 +40,9 @@ from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from reference.errors import RunAlreadyActiveError, RunBeginFailedError
-from reference.faults import Fault
-from reference.schema import GATE_INDEX
+from raceharness.reference.errors import RunAlreadyActiveError, RunBeginFailedError
+from raceharness.reference.faults import Fault
+from raceharness.reference.schema import GATE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from reference.schema import RUN_STATUSES
-from reference.store import RUNS_PAGE_DEFAULT, RUNS_PAGE_MAX
+from raceharness.reference.schema import RUN_STATUSES
+from raceharness.reference.store import RUNS_PAGE_DEFAULT, RUNS_PAGE_MAX
 
 _UUID: dict[str, Any] = {"type": "string", "format": "uuid"}
 _TIME: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}

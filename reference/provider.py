@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from reference.errors import ProviderError
-from reference.settings import Settings
+from raceharness.reference.errors import ProviderError
+from raceharness.reference.settings import Settings
 
 
 class ProviderClient:

@@ -31,12 +31,12 @@ from uuid import UUID
 
 import psycopg
 
-from reference.aio import cancel_until_done
-from reference.faults import Fault
-from reference.gate import Gate
-from reference.metrics import Metrics
-from reference.runner import LiveRun
-from reference.settings import Settings
+from raceharness.reference.aio import cancel_until_done
+from raceharness.reference.faults import Fault
+from raceharness.reference.gate import Gate
+from raceharness.reference.metrics import Metrics
+from raceharness.reference.runner import LiveRun
+from raceharness.reference.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from uuid import UUID, uuid4
 
 import psycopg
 
-from reference import frames, store
-from reference.aio import cancel_until_done
-from reference.errors import ProviderError
-from reference.faults import Fault
-from reference.gate import Claim, Gate
-from reference.metrics import Metrics
-from reference.provider import ProviderClient, ProviderStream
+from raceharness.reference import frames, store
+from raceharness.reference.aio import cancel_until_done
+from raceharness.reference.errors import ProviderError
+from raceharness.reference.faults import Fault
+from raceharness.reference.gate import Claim, Gate
+from raceharness.reference.metrics import Metrics
+from raceharness.reference.provider import ProviderClient, ProviderStream
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
-from reference.auth import Authenticator
-from reference.gate import Gate
-from reference.metrics import Metrics
-from reference.provider import ProviderClient
-from reference.registry import Registry
-from reference.runner import RunDriver
-from reference.settings import Settings
+from raceharness.reference.auth import Authenticator
+from raceharness.reference.gate import Gate
+from raceharness.reference.metrics import Metrics
+from raceharness.reference.provider import ProviderClient
+from raceharness.reference.registry import Registry
+from raceharness.reference.runner import RunDriver
+from raceharness.reference.settings import Settings
 
 
 @dataclass

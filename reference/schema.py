@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from reference.faults import Fault
+from raceharness.reference.faults import Fault
 
 GATE_INDEX = "ai_chat_runs_one_active_per_chat"
 ACTIVE_STATUSES = ("pending", "running")

@@ -24,11 +24,11 @@ from typing import Any
 
 import uvicorn
 
-from reference.app import create_app
-from reference.auth import ensure_user_sync
-from reference.faults import VALID_FAULTS, UnknownFaultError, parse_faults
-from reference.schema import apply_schema_sync
-from reference.settings import Settings, SettingsError
+from raceharness.reference.app import create_app
+from raceharness.reference.auth import ensure_user_sync
+from raceharness.reference.faults import VALID_FAULTS, UnknownFaultError, parse_faults
+from raceharness.reference.schema import apply_schema_sync
+from raceharness.reference.settings import Settings, SettingsError
 
 log = logging.getLogger("reference")
 
@@ -151,8 +151,9 @@ def run_hypercorn(settings: Settings, host: str, port: int, *,
 # -- the command -------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m reference``: serve with settings from the environment (DATABASE_URL, ...)."""
-    parser = argparse.ArgumentParser(prog="python -m reference", description=(
+    """``python -m raceharness.reference``: serve with settings from the environment
+    (DATABASE_URL, ...)."""
+    parser = argparse.ArgumentParser(prog="python -m raceharness.reference", description=(
         "Serve the reference AI-chat server. Settings come from the environment "
         "(DATABASE_URL, PROVIDER_BASE_URL, PROVIDER_API_KEY, AUTONOMOUS_RUNS, REFERENCE_FAULTS, "
         "HEARTBEAT_INTERVAL_S, LEASE_S, ..., and REFERENCE_SERVER for --server)."))

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-from reference.faults import Fault, UnknownFaultError, parse_fault_list
+from raceharness.reference.faults import Fault, UnknownFaultError, parse_fault_list
 
 MIB = 1024 * 1024
 

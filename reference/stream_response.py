@@ -12,11 +12,11 @@ import contextlib
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from reference import frames
-from reference.faults import Fault
-from reference.registry import Registry
-from reference.runner import LiveRun
-from reference.settings import Settings
+from raceharness.reference import frames
+from raceharness.reference.faults import Fault
+from raceharness.reference.registry import Registry
+from raceharness.reference.runner import LiveRun
+from raceharness.reference.settings import Settings
 
 
 class RunStreamResponse(Response):

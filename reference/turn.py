@@ -16,15 +16,15 @@ from uuid import UUID
 
 import psycopg
 
-from reference import frames, store
-from reference.errors import ProviderError, RunAlreadyActiveError, RunBeginFailedError
-from reference.faults import Fault
-from reference.gate import Admission, AsyncConn, Claim
-from reference.provider import ProviderStream
-from reference.runner import LiveRun
-from reference.runtime import Runtime
-from reference.turn_input import TurnInput
-from reference.web import begin_failed, conflict, forbidden
+from raceharness.reference import frames, store
+from raceharness.reference.errors import ProviderError, RunAlreadyActiveError, RunBeginFailedError
+from raceharness.reference.faults import Fault
+from raceharness.reference.gate import Admission, AsyncConn, Claim
+from raceharness.reference.provider import ProviderStream
+from raceharness.reference.runner import LiveRun
+from raceharness.reference.runtime import Runtime
+from raceharness.reference.turn_input import TurnInput
+from raceharness.reference.web import begin_failed, conflict, forbidden
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from reference.web import bad_request, parse_uuid, type_name
+from raceharness.reference.web import bad_request, parse_uuid, type_name
 
 MAX_MESSAGES = 1000
 

@@ -13,7 +13,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from reference.errors import RunAlreadyActiveError
+from raceharness.reference.errors import RunAlreadyActiveError
 
 CONFLICT_MESSAGE = "An agent run is already in progress for this chat"
 BEGIN_FAILED_MESSAGE = "Could not start the agent run. Please try again."

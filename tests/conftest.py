@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from harness.postgres import PostgresCluster, PostgresUnavailable, provision
+from raceharness.stack.postgres import PostgresCluster, PostgresUnavailable, provision
 
 settings.register_profile("ci", deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
@@ -38,7 +38,9 @@ def pg_cluster() -> Iterator[PostgresCluster]:
 @pytest.fixture(scope="session")
 def pg_template(pg_cluster: PostgresCluster) -> Iterator[str]:
     """Name of a database holding the reference schema, used as a template per test."""
-    from reference.schema import apply_schema_sync  # lazy: reference/ may not be importable yet
+    from raceharness.reference.schema import (
+        apply_schema_sync,  # lazy: reference/ may not be importable yet
+    )
 
     pg_cluster.drop_database(TEMPLATE_DB)  # a leftover from an earlier run on a DSN server
     apply_schema_sync(pg_cluster.create_database(TEMPLATE_DB))
@@ -86,7 +88,7 @@ USER_TOKENS = {"alice": "tok-alice-0123456789", "bob": "tok-bob-9876543210"}
 @pytest.fixture
 def users(pg_dsn: str) -> dict[str, str]:
     """Two users of the fresh database: name -> bearer token."""
-    from reference.auth import ensure_user_sync
+    from raceharness.reference.auth import ensure_user_sync
 
     for name, token in USER_TOKENS.items():
         ensure_user_sync(pg_dsn, name, token)

@@ -21,10 +21,10 @@ import psycopg
 import respx
 import uvicorn
 
-from reference.app import create_app
-from reference.runtime import Runtime
-from reference.server import ReferenceServer
-from reference.settings import Settings
+from raceharness.reference.app import create_app
+from raceharness.reference.runtime import Runtime
+from raceharness.reference.server import ReferenceServer
+from raceharness.reference.settings import Settings
 
 PROVIDER_BASE = "http://provider.test/v1"
 

@@ -1,9 +1,9 @@
 """The report folder: ``report.json``, ``junit.xml``, ``summary.md``, ``report.html``.
 
 The renderers (:mod:`.junit`, :mod:`.markdown`, :mod:`.html`) are pure functions of the report
-model (``harness.report.build_report``) and, for the timelines, the trials. This module is the
-one place that writes them. ``history.jsonl`` is the engine's (written as the run goes) and is
-never touched here.
+model (``raceharness.core.report.build_report``) and, for the timelines, the trials. This
+module is the one place that writes them. ``history.jsonl`` is the engine's (written as the run
+goes) and is never touched here.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from harness.history import Trial
-from harness.render.html import render_html
-from harness.render.junit import render_junit
-from harness.render.markdown import render_markdown
+from raceharness.core.history import Trial
+from raceharness.render.html import render_html
+from raceharness.render.junit import render_junit
+from raceharness.render.markdown import render_markdown
 
 __all__ = ["REPORT_FILES", "load_schema", "render_html", "render_junit", "render_markdown",
            "render_json", "write_reports"]
@@ -30,7 +30,7 @@ SCHEMA_FILE = "report-v1.schema.json"
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of ``report.json``, shipped in the package."""
-    text = resources.files("harness").joinpath("schemas", SCHEMA_FILE).read_text("utf-8")
+    text = resources.files("raceharness").joinpath("schemas", SCHEMA_FILE).read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.checkers import find_winner, turns
-from harness.history import Trial
-from harness.render.text import ms, ops_text, setting, verdict_word
-from harness.render.timeline import STATUS_COLOURS, build_timeline, esc, render_svg
+from raceharness.core.checkers import find_winner, turns
+from raceharness.core.history import Trial
+from raceharness.render.text import ms, ops_text, setting, verdict_word
+from raceharness.render.timeline import STATUS_COLOURS, build_timeline, esc, render_svg
 
 FIRST_TRIALS = 20
 MAX_DRAWN = 100

@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
 
-from harness.render.text import clean, ops_text
+from raceharness.render.text import clean, ops_text
 
 MESSAGE_LIMIT = 1000   # characters of a reason in a message attribute
 BODY_LIMIT = 20_000    # characters of a reason in a failure body

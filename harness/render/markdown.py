@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from harness.render.text import clean, ms, one_line, ops_text, setting, verdict_word
+from raceharness.render.text import clean, ms, one_line, ops_text, setting, verdict_word
 
 MAX_BYTES = 256 * 1024
 REASON_LIMIT = 400        # characters of a reason

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from harness.history import Op, Trial
-from harness.render.text import clean
+from raceharness.core.history import Op, Trial
+from raceharness.render.text import clean
 
 MAX_LANES = 240
 LABEL_W, PLOT_X, PLOT_W, AXIS_H, LANE_H = 250, 262, 880, 34, 18

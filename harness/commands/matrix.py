@@ -1,0 +1,138 @@
+"""``harness conformance --faults``: the fault matrix.
+
+The suite runs against the correct embedded reference (every property must be valid), then,
+for each fault of conformance.md §4, the scenarios that must catch it run against the
+reference with that fault switched on. The result is a fault × property matrix; a fault is
+*caught* when at least one of the properties expected to catch it is invalid (any invalid
+property counts as detection, and the matrix shows which did). A fault not caught is a hole in
+the harness: the command exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from raceharness.core.scenario import catalogue
+from raceharness.runtime import UsageError
+from raceharness.trial.suite import RaceOptions, run_scenarios
+
+# conformance.md §4: fault -> (the scenarios that catch it, the properties expected to).
+# The gate faults need the race to land on the gate (an interleaving the harness makes likely,
+# not certain): their rows run --fault-trials trials. The others are deterministic: one trial.
+RACY = frozenset({"swallow-unique-violation", "no-unique-index", "blanket-500",
+                  "provider-before-gate", "persist-before-gate", "claim-held-open"})
+FAULT_CATCHERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "swallow-unique-violation": (("same-chat-burst",),
+                                 ("race/losers-409", "race/no-untracked-run")),
+    "no-unique-index": (("same-chat-burst",), ("race/one-winner",)),
+    "blanket-500": (("same-chat-burst",), ("race/losers-409",)),
+    "provider-before-gate": (("same-chat-burst",), ("race/no-loser-provider-call",)),
+    "persist-before-gate": (("same-chat-burst",), ("race/no-loser-writes",)),
+    "claim-held-open": (("same-chat-burst",), ("race/losers-fast",)),
+    "untracked-on-begin-failure": (("db-outage", "db-outage-mid-race"),
+                                   ("outage/fails-closed",)),
+    "leak-on-provider-error": (("provider-error",), ("race/released", "run/expected-end")),
+    "stop-ignores-provider": (("same-chat-burst",), ("race/winner-stoppable",)),
+    "ignore-disconnect": (("disconnect-abort",), ("run/expected-end", "race/released")),
+    "no-lease": (("crash-recovery",), ("recovery/lease-reclaims", "race/released")),
+    "late-write-overwrites": (("stale-stop",), ("stop/stale-ignored",)),
+    "lease-too-short": (("long-hold",), ("race/one-winner", "race/no-untracked-run")),
+    "stop-local-only": (("multi-instance",), ("race/winner-stoppable",)),
+}
+
+
+def parse_faults_arg(value: str) -> list[str]:
+    if value == "all":
+        return list(FAULT_CATCHERS)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in FAULT_CATCHERS]
+    if unknown or not names:
+        raise UsageError(f"--faults: unknown fault {', '.join(map(repr, unknown)) or repr(value)};"
+                         f" use all or a comma-separated list of {', '.join(FAULT_CATCHERS)}")
+    return names
+
+
+async def run_matrix(opts: RaceOptions, faults: list[str], fault_trials: int,
+                     out_dir: Path | None, as_json: bool) -> int:
+    if opts.target is not None:
+        raise UsageError("--faults needs the embedded reference (no --target)")
+    scenarios = catalogue()
+    correct = await run_scenarios(replace(opts, faults=()), list(scenarios.values()))
+    rows: dict[str, dict[str, Any]] = {"(correct)": _row(correct.report, ())}
+    for fault in faults:
+        names, expected = FAULT_CATCHERS[fault]
+        trials = fault_trials if fault in RACY else 1
+        outcome = await run_scenarios(replace(opts, faults=(fault,), trials=trials),
+                                      [scenarios[n] for n in names])
+        rows[fault] = _row(outcome.report, expected)
+    matrix = {"schema": "raceharness/matrix/v1", "rows": rows,
+              "ok": _ok(rows), "expected": {f: list(FAULT_CATCHERS[f][1]) for f in faults}}
+    text = render_matrix_markdown(matrix)
+    if out_dir is not None:
+        write_matrix(out_dir, matrix, text)
+    print(json.dumps(matrix, indent=2) if as_json else text, file=sys.stdout)
+    return 0 if matrix["ok"] else 1
+
+
+def write_matrix(out_dir: Path, matrix: dict[str, Any], text: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "matrix.json").write_text(json.dumps(matrix, indent=2) + "\n")
+    (out_dir / "matrix.md").write_text(text)
+
+
+def _row(report: dict[str, Any], expected: tuple[str, ...]) -> dict[str, Any]:
+    props = {name: p["verdict"] for name, p in report["properties"].items()}
+    counts = {name: {k: p[k] for k in ("valid", "invalid", "unknown")}
+              for name, p in report["properties"].items()}
+    skipped = {name: s["skipped"] for name, s in report["scenarios"].items() if s["skipped"]}
+    caught_by = sorted(name for name, v in props.items() if v == "invalid")
+    return {"properties": props, "counts": counts, "trials": len(report["trials"]),
+            "skipped": skipped, "caught_by": caught_by,
+            "caught": bool(set(caught_by) & set(expected)) if expected else None,
+            "verdict": report["verdict"]}
+
+
+def _ok(rows: dict[str, dict[str, Any]]) -> bool:
+    correct = rows["(correct)"]
+    clean = all(v == "valid" for v in correct["properties"].values())
+    return clean and all(row["caught"] for name, row in rows.items() if name != "(correct)")
+
+
+def _cell(row: dict[str, Any], prop: str, mark: dict[str, str]) -> str:
+    verdict = row["properties"].get(prop)
+    if verdict is None:
+        return ""
+    count = row["counts"][prop]
+    if verdict == "invalid":
+        return f"CAUGHT {count['invalid']}/{sum(count.values())}"
+    return mark[verdict]
+
+
+def render_matrix_markdown(matrix: dict[str, Any]) -> str:
+    rows = matrix["rows"]
+    props = sorted({p for row in rows.values() for p in row["properties"]})
+    mark = {"valid": "ok", "invalid": "CAUGHT", "unknown": "?"}
+    lines = ["# Fault matrix", "",
+             "Each row: the suite (correct reference) or a fault's catching scenarios "
+             "(faulty reference). `CAUGHT` = the property was invalid; `ok` = valid; "
+             "`?` = unknown; blank = not checked in that row.", "",
+             "| fault | caught | " + " | ".join(f"`{p}`" for p in props) + " |",
+             "|---|---|" + "---|" * len(props)]
+    for name, row in rows.items():
+        caught = ("clean" if all(v == "valid" for v in row["properties"].values())
+                  else "NOT CLEAN") if name == "(correct)" else (
+            "yes" if row["caught"] else "**NO**")
+        cells = [_cell(row, p, mark) for p in props]
+        lines.append(f"| {name} | {caught} | " + " | ".join(cells) + " |")
+    skipped = {f"{name}: {scenario}": reason for name, row in rows.items()
+               for scenario, reason in row["skipped"].items()}
+    if skipped:
+        lines += ["", "Skipped:", ""] + [f"- {k} — {v}" for k, v in skipped.items()]
+    result = ("every fault caught, the correct reference clean" if matrix["ok"]
+              else "NOT OK: see the rows above")
+    lines += ["", f"Result: {result}", ""]
+    return "\n".join(lines)

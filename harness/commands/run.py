@@ -1,0 +1,156 @@
+"""The commands that run scenarios: ``race``, ``run``, ``conformance``; and ``scenarios``.
+
+Argument checking happens before anything starts; every failure maps to one line on stderr and
+the exit code of conformance.md §5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import trio
+
+from raceharness.core.report import verdict_table
+from raceharness.core.scenario import Scenario, ScenarioError, catalogue, resolve
+from raceharness.net.target import ConfigError, Profile, Target, load_profile
+from raceharness.runtime import (
+    EXIT_INTERRUPTED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    MAX_N,
+    MAX_REQUESTS,
+    Interrupted,
+    UsageError,
+)
+from raceharness.shell.preflight import PreflightError
+from raceharness.stack.embedded import EmbeddedStartError
+from raceharness.stack.postgres import PostgresUnavailable
+from raceharness.trial.context import RaceConfig, TargetUnreachable
+from raceharness.trial.suite import RaceOptions, run_race, run_scenarios
+
+
+def _options(args: argparse.Namespace) -> RaceOptions:
+    n, trials = args.n, args.trials
+    if not args.allow_large and n is not None and (
+            n > MAX_N or n * (trials or 1) > MAX_REQUESTS):
+        raise UsageError(f"--n {n} x --trials {trials or 1} exceeds the safety cap "
+                         f"(n <= {MAX_N}, {MAX_REQUESTS} requests); pass --allow-large to lift it")
+    target = None
+    try:
+        profile = load_profile(args.profile) if args.profile else Profile()
+        if args.target:
+            if not args.token:
+                raise UsageError("--target needs --token (or HARNESS_TOKEN)")
+            if args.fault or getattr(args, "faults", None):
+                raise UsageError("--fault/--faults apply to the embedded reference only, "
+                                 "not to --target")
+            target = Target(base_url=args.target, token=args.token,
+                            other_token=args.other_token, profile=profile,
+                            insecure=args.insecure)
+            target.endpoint()
+        elif args.dsn or args.provider_listen or args.chat_id or args.capability:
+            raise UsageError("--dsn, --provider-listen, --chat-id and --capability need "
+                             "--target")
+        elif args.provider_timeout or args.lease or args.heartbeat:
+            raise UsageError("--provider-timeout, --lease and --heartbeat describe a --target; "
+                             "the embedded reference runs with each scenario's own settings")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    declared = profile.service.declared()
+    for name, flag in (("provider_timeout_s", "provider_timeout"), ("lease_s", "lease"),
+                       ("heartbeat_s", "heartbeat")):
+        if getattr(args, flag) is not None:
+            declared[name] = getattr(args, flag)
+    if "lease_s" in declared and "heartbeat_s" in declared and \
+            declared["lease_s"] <= declared["heartbeat_s"]:
+        raise UsageError(f"--lease ({declared['lease_s']:g}) must exceed --heartbeat "
+                         f"({declared['heartbeat_s']:g}): a live run would expire between "
+                         "heartbeats")
+    return RaceOptions(
+        config=RaceConfig(n=n or 50, sync=args.sync, chat_id=args.chat_id,
+                          losers_fast_bound_ms=args.losers_fast_ms,
+                          answer_timeout_s=args.answer_timeout),
+        trials=trials, n=n, seed=args.seed, target=target, dsn=args.dsn,
+        provider_listen=args.provider_listen, provider_url=args.provider_url,
+        faults=tuple(args.fault), capabilities=frozenset(args.capability),
+        report_dir=None if args.report is None else Path(args.report),
+        progress=sys.stderr.isatty(), command=args.command, service_settings=declared,
+        strict=args.strict, max_wait_s=args.max_wait)
+
+
+def _scenarios(args: argparse.Namespace) -> list[Scenario]:
+    if args.command == "run":
+        try:
+            return [resolve(name) for name in args.scenarios]
+        except ScenarioError as exc:
+            raise UsageError(str(exc)) from None
+    return list(catalogue().values())
+
+
+def run_command(args: argparse.Namespace) -> int:
+    name = f"harness {args.command}"
+    try:
+        opts = _options(args)
+        if args.command == "conformance" and args.faults:
+            from raceharness.commands.matrix import parse_faults_arg, run_matrix
+
+            faults = parse_faults_arg(args.faults)
+            return trio.run(run_matrix, opts, faults, args.fault_trials,
+                            None if args.matrix_dir is None else Path(args.matrix_dir),
+                            args.json)
+        if args.command == "race":
+            outcome = trio.run(run_race, opts)
+        else:
+            outcome = trio.run(run_scenarios, opts, _scenarios(args))
+    except UsageError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PreflightError as exc:
+        print(f"{name}: preflight: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (PostgresUnavailable, EmbeddedStartError, TargetUnreachable) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except OSError as exc:
+        print(f"{name}: target unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"{name}: interrupted ({exc or 'SIGINT'}); the runs it started were stopped "
+              "and the history written so far is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    report = outcome.report
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        if args.command != "race":
+            for scenario, info in report["scenarios"].items():
+                extra = f": {info['skipped']}" if info["skipped"] else (
+                    f" ({info['trials']} trial{'s' if info['trials'] != 1 else ''})")
+                print(f"{scenario:28} {info['verdict']:8}{extra}")
+            skipped = sum(1 for info in report["scenarios"].values() if info["skipped"])
+            if skipped:
+                print(f"not tested: {skipped} scenario{'s' if skipped != 1 else ''} skipped "
+                      "(reasons above)" + ("" if args.strict else "; --strict makes a skip "
+                                           "exit 3"))
+            print()
+        print(verdict_table(report))
+    return int(report["exit_code"])
+
+
+def list_scenarios() -> int:
+    try:
+        scenarios = catalogue()
+    except ScenarioError as exc:  # a broken shipped file is our bug, but say it plainly
+        print(f"harness scenarios: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from raceharness.core.scenario import SERVICE_SETTINGS
+
+    for scenario in scenarios.values():
+        needs = f"  [needs {', '.join(sorted(scenario.requires))}]" if scenario.requires else ""
+        assumes = "" if not scenario.assumes else "  [assumes " + ", ".join(
+            f"{SERVICE_SETTINGS[name][0]}" for name in scenario.assumes) + " on a --target]"
+        print(f"{scenario.name:28} {scenario.summary}{needs}{assumes}")
+    return 0

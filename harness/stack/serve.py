@@ -1,0 +1,126 @@
+"""``harness serve-reference``: Postgres, a user, a provider and the reference, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+import threading
+from dataclasses import dataclass
+
+import trio
+
+from raceharness.reference.auth import ensure_user_sync
+from raceharness.reference.faults import Fault
+from raceharness.reference.schema import apply_schema_sync
+from raceharness.reference.server import ForegroundServer, build_server
+from raceharness.reference.settings import Settings
+from raceharness.shell.fake_provider import FakeProvider
+from raceharness.stack.postgres import PostgresCluster, provision, redact_dsn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeOptions:
+    host: str
+    port: int
+    token: str | None
+    dsn: str | None
+    faults: frozenset[Fault]
+    provider_url: str | None
+    autonomous_runs: bool
+    lease_s: float
+    heartbeat_interval_s: float
+
+
+class ProviderThread:
+    """The harness's fake provider (trio) in a thread beside the asyncio reference server.
+
+    It streams five tokens 0.1 s apart, so a turn stays active long enough to race by hand.
+    """
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.provider = FakeProvider(token_interval_s=0.1)
+        self._ready = threading.Event()
+        self._scope: trio.CancelScope | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread = threading.Thread(target=lambda: trio.run(self._main), daemon=True,
+                                        name="fake-provider")
+
+    async def _main(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            self._token = trio.lowlevel.current_trio_token()
+            await nursery.start(self.provider.serve, self.host, 0)
+            self._ready.set()
+
+    def start(self) -> str:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fake provider did not start")
+        return self.provider.base_url
+
+    def stop(self) -> None:
+        if self._scope is not None and self._token is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(5)
+
+
+def prepare_database(cluster: PostgresCluster, own_cluster: bool, faults: frozenset[Fault]) -> str:
+    """The DSN the reference uses: a fresh database on our own cluster, or the user's as given."""
+    dsn = cluster.create_database("reference") if own_cluster else cluster.dsn
+    apply_schema_sync(dsn, faults)
+    return dsn
+
+
+async def _serve(opts: ServeOptions, dsn: str, token: str, provider_url: str) -> None:
+    settings = Settings(database_url=dsn, provider_base_url=provider_url,
+                        autonomous_runs=opts.autonomous_runs, faults=opts.faults,
+                        lease_s=opts.lease_s, heartbeat_interval_s=opts.heartbeat_interval_s,
+                        reaper_interval_s=max(opts.heartbeat_interval_s, opts.lease_s / 3))
+    ensure_user_sync(dsn, "harness-user", token)
+    reference = build_server(settings, opts.host, opts.port, server_class=ForegroundServer)
+    url = f"http://{opts.host}:{opts.port}"
+
+    async def announce() -> None:
+        while not reference.started:  # noqa: ASYNC110 - uvicorn offers no event
+            await asyncio.sleep(0.05)
+        print(f"reference server: {url}  (provider: {provider_url}, database: {redact_dsn(dsn)})",
+              flush=True)
+        if opts.faults:
+            print(f"FAULTS ENABLED: {', '.join(sorted(f.value for f in opts.faults))}", flush=True)
+        print("try:", flush=True)
+        print(f"  curl -N -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' "
+              f"-d '{{\"messages\":[{{\"role\":\"user\",\"parts\":[{{\"type\":\"text\","
+              f"\"text\":\"hi\"}}]}}]}}' {url}/api/ai-chat/stream", flush=True)
+        print("Ctrl-C stops it and removes everything it started.", flush=True)
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await reference.serve()
+    finally:
+        announcer.cancel()
+
+
+def serve_reference(opts: ServeOptions) -> int:
+    token = opts.token
+    if token is None:
+        token = secrets.token_urlsafe(18)
+        print(f"generated bearer token: {token}", flush=True)
+    with provision(opts.dsn) as cluster:
+        dsn = prepare_database(cluster, cluster.source != "dsn", opts.faults)
+        provider = None if opts.provider_url else ProviderThread(opts.host)
+        try:
+            provider_url = opts.provider_url or provider.start()  # type: ignore[union-attr]
+            import uvloop
+            uvloop.run(_serve(opts, dsn, token, provider_url))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if provider is not None:
+                provider.stop()
+    print("stopped; everything it started is gone.", file=sys.stderr)
+    return 0
