@@ -34,6 +34,7 @@ import trio
 from raceharness.core.report import verdict_table
 from raceharness.core.scenario import resolve
 from raceharness.net.target import Target
+from raceharness.runtime import MAX_N
 from raceharness.trial.context import RaceConfig
 from raceharness.trial.suite import RaceOptions, RaceOutcome, run_race, run_scenarios
 
@@ -75,6 +76,13 @@ class Harness:
         self._test_name = test_name
 
     def _options(self, n: int | None, trials: int | None, **overrides: Any) -> RaceOptions:
+        for name, value in (("n", n), ("trials", trials)):  # as strict as the command line
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"raceharness: {name}: expected an integer >= 1, "
+                                 f"got {value!r}")
+        if n is not None and n > MAX_N:
+            raise ValueError(f"raceharness: n: expected at most {MAX_N}, got {n}")
         get = self._config.getoption
         target_url = get("raceharness_target")
         target = None
@@ -91,7 +99,7 @@ class Harness:
             provider_listen = (host, int(port))
         report = get("raceharness_report")
         return RaceOptions(
-            config=RaceConfig(n=n or 50), n=n, trials=trials, target=target,
+            config=RaceConfig(n=50 if n is None else n), n=n, trials=trials, target=target,
             dsn=get("raceharness_dsn") if target else None, provider_listen=provider_listen,
             report_dir=None if not report else Path(report) / self._test_name, **overrides)
 

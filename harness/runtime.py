@@ -9,7 +9,10 @@ runs stopped, partial history kept).
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+from typing import TextIO
 
 import trio
 
@@ -55,3 +58,13 @@ def single_error(group: BaseExceptionGroup) -> BaseException:  # type: ignore[ty
             if isinstance(leaf, kind):
                 return leaf
     return leaves[0] if len(leaves) == 1 else group
+
+
+def use_colour(stream: TextIO = sys.stdout) -> bool:
+    """ANSI colour on a terminal; ``NO_COLOR`` (any value) turns it off, ``FORCE_COLOR`` on
+    (https://no-color.org conventions)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return stream.isatty()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raceharness.reference.faults import VALID_FAULTS
-from raceharness.runtime import EXIT_UNREACHABLE, EXIT_USAGE, MAX_N
+from raceharness.runtime import EXIT_UNREACHABLE, EXIT_USAGE, MAX_N, use_colour
 
 
 def _fault_name(value: str) -> str:
@@ -44,6 +44,25 @@ def _positive(value: str) -> float:
     return number
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"(raceharness {version('raceharness')})"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(raceharness, not installed)"
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
+    """-v / -q, accepted before and after the subcommand: a subcommand's copy defaults to
+    SUPPRESS, so it sets the value only when given there."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log at debug level")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only warnings and the result: no progress, no info log lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -51,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "one active run per chat.",
         epilog="Exit codes: 0 valid, 1 invalid, 2 usage error, 3 inconclusive, 4 unreachable, "
                "130 interrupted.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument("--version", action="version", version=f"harness {_version()}")
+    _add_verbosity(parser, False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -106,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "junit.xml, summary.md and report.html in DIR; exits "
                                         "with the verdict's code.")
     report.add_argument("dir", metavar="DIR", help="a folder written by --report DIR")
+    for subparser in sub.choices.values():
+        _add_verbosity(subparser, argparse.SUPPRESS)
     return parser
 
 
@@ -237,12 +259,32 @@ def _add_race(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                                "what each needs, and the properties it checks.")
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subparsers here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `harness scenarios | head`: the reader left; not our error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # said by the subcommand, with its own usage line, not the top level's
+        commands = _subcommands(parser)
+        (commands.get(args.command) or parser).error(
+            f"unrecognized arguments: {' '.join(extras)}")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve-reference":
         return _serve_reference(args)
     if args.command in ("race", "run", "conformance"):
@@ -295,6 +337,25 @@ def _serve_reference(args: argparse.Namespace) -> int:
 
 
 
+def _no_trials(path: Path) -> str:
+    """Why a file gave no trials: empty, not JSON Lines at all, or a history with none."""
+    import json
+
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+             if line.strip()]
+    if not lines:
+        return "the file is empty (a history.jsonl written by --report DIR has one JSON " \
+               "object a line)"
+    try:
+        first = json.loads(lines[0])
+    except ValueError:
+        return "not a history: line 1 is not JSON (a history.jsonl written by --report DIR " \
+               "has one JSON object a line)"
+    if not isinstance(first, dict) or first.get("kind") != "run":
+        return "not a history: line 1 is not its 'run' record"
+    return "no trials in the history (the run stopped before its first trial began)"
+
+
 def _check(args: argparse.Namespace) -> int:
     import json
 
@@ -315,11 +376,11 @@ def _check(args: argparse.Namespace) -> int:
         print(f"harness check: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not trials:
-        print(f"harness check: {path}: no trials in the history", file=sys.stderr)
+        print(f"harness check: {path}: {_no_trials(path)}", file=sys.stderr)
         return EXIT_USAGE
     report = build_report(trials, results, config=run_meta,
                           reproduce=f"harness check {path}")
-    print(json.dumps(report, indent=2) if args.json else verdict_table(report))
+    print(json.dumps(report, indent=2) if args.json else verdict_table(report, use_colour()))
     return int(report["exit_code"])
 
 
@@ -346,7 +407,7 @@ def _report(args: argparse.Namespace) -> int:
     except HistoryError as exc:
         return fail(f"{path}: {exc}")
     if not trials:
-        return fail(f"{path}: no trials in the history")
+        return fail(f"{path}: {_no_trials(path)}")
     try:
         summaries = {name: s.summary for name, s in catalogue().items()}
     except ScenarioError:
@@ -356,7 +417,7 @@ def _report(args: argparse.Namespace) -> int:
         write_reports(folder, report, trials)
     except OSError as exc:
         return fail(f"{folder}: cannot write the reports: {exc}")
-    print(verdict_table(report))
+    print(verdict_table(report, use_colour()))
     return int(report["exit_code"])
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from raceharness.core.report import verdict_table
+from raceharness.core.report import paint, verdict_table
 from raceharness.core.scenario import Scenario, ScenarioError, catalogue, resolve
 from raceharness.net.target import ConfigError, Profile, Target, load_profile
 from raceharness.runtime import (
@@ -24,6 +24,7 @@ from raceharness.runtime import (
     MAX_REQUESTS,
     Interrupted,
     UsageError,
+    use_colour,
 )
 from raceharness.shell.preflight import PreflightError
 from raceharness.stack.embedded import EmbeddedStartError
@@ -77,8 +78,8 @@ def _options(args: argparse.Namespace) -> RaceOptions:
         provider_listen=args.provider_listen, provider_url=args.provider_url,
         faults=tuple(args.fault), capabilities=frozenset(args.capability),
         report_dir=None if args.report is None else Path(args.report),
-        progress=sys.stderr.isatty(), command=args.command, service_settings=declared,
-        strict=args.strict, max_wait_s=args.max_wait)
+        progress=sys.stderr.isatty() and not args.quiet, command=args.command,
+        service_settings=declared, strict=args.strict, max_wait_s=args.max_wait)
 
 
 def _scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -122,6 +123,7 @@ def run_command(args: argparse.Namespace) -> int:
               "and the history written so far is kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     report = outcome.report
+    colour = use_colour()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -129,14 +131,14 @@ def run_command(args: argparse.Namespace) -> int:
             for scenario, info in report["scenarios"].items():
                 extra = f": {info['skipped']}" if info["skipped"] else (
                     f" ({info['trials']} trial{'s' if info['trials'] != 1 else ''})")
-                print(f"{scenario:28} {info['verdict']:8}{extra}")
+                print(f"{scenario:28} {paint(info['verdict'], colour, 8)}{extra}")
             skipped = sum(1 for info in report["scenarios"].values() if info["skipped"])
             if skipped:
                 print(f"not tested: {skipped} scenario{'s' if skipped != 1 else ''} skipped "
                       "(reasons above)" + ("" if args.strict else "; --strict makes a skip "
                                            "exit 3"))
             print()
-        print(verdict_table(report))
+        print(verdict_table(report, colour))
     return int(report["exit_code"])
 
 

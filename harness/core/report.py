@@ -158,12 +158,42 @@ def rebuild_report(run_meta: Mapping[str, Any], trials: Sequence[Trial],
     return report
 
 
-def verdict_table(report: dict[str, Any]) -> str:
-    """A short console table: one line per property, then the verdict."""
+REASON_WIDTH = 160  # characters of a reason on the console (report.json has them whole)
+
+
+def _first_reason(report: dict[str, Any], name: str, verdict: str) -> str | None:
+    """The reason of the first trial where property ``name`` had ``verdict``, on one line."""
+    for trial in report.get("trials") or ():
+        result = (trial.get("properties") or {}).get(name)
+        if result and result.get("verdict") == verdict and result.get("reason"):
+            reason = " ".join(str(result["reason"]).split())
+            if len(reason) > REASON_WIDTH:
+                reason = reason[:REASON_WIDTH - 1] + "…"
+            return f"{reason} (trial {trial.get('trial')})"
+    return None
+
+
+_COLOURS = {"valid": "32", "invalid": "1;31", "unknown": "33", "skipped": "2"}
+
+
+def paint(word: str, colour: bool, width: int = 0) -> str:
+    """``word`` padded to ``width``, in its verdict's ANSI colour when ``colour``."""
+    padded = f"{word:{width}}" if width else word
+    code = _COLOURS.get(word)
+    return f"\x1b[{code}m{padded}\x1b[0m" if colour and code else padded
+
+
+def verdict_table(report: dict[str, Any], colour: bool = False) -> str:
+    """A short console table: one line per property (with the first reason of any that is
+    not valid), then the verdict. ``colour``: ANSI colours for a terminal."""
     rows = [f"{'property':32} {'verdict':8} {'valid':>5} {'invalid':>7} {'unknown':>7}"]
     for name, p in report["properties"].items():
-        rows.append(f"{name:32} {p['verdict']:8} {p['valid']:>5} {p['invalid']:>7} "
-                    f"{p['unknown']:>7}")
+        rows.append(f"{name:32} {paint(p['verdict'], colour, 8)} {p['valid']:>5} "
+                    f"{p['invalid']:>7} {p['unknown']:>7}")
+        if p["verdict"] != "valid":  # why, on the console too: the first trial saying so
+            why = _first_reason(report, name, p["verdict"])
+            if why:
+                rows.append(f"    why: {why}")
     spread = report["release_spread_ms"]
     if spread["median"] is not None:
         rows.append(f"release spread: median {spread['median']:.3f} ms, max {spread['max']:.3f} ms")
@@ -176,5 +206,5 @@ def verdict_table(report: dict[str, Any]) -> str:
         for name, p in failure["properties"].items():
             rows.append(f"FAILED {name} (trial {failure['trial']}, seed {failure['seed']}): "
                         f"{p['reason']}")
-    rows.append(f"verdict: {report['verdict']}   reproduce: {report['reproduce']}")
+    rows.append(f"verdict: {paint(report['verdict'], colour)}   reproduce: {report['reproduce']}")
     return "\n".join(rows)

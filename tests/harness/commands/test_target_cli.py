@@ -16,7 +16,7 @@ import pytest
 
 from raceharness.commands.cli import main
 from raceharness.core.checkers import SINGLE_CHAT_RACE
-from raceharness.core.history import dumps_trials
+from raceharness.core.history import Trial, dumps_trials
 from raceharness.net.http1 import Endpoint
 from raceharness.net.target import Auth, ConfigError, Conflict, Paths, Profile, Target, load_profile
 from tests.harness.core.test_checkers import LOSER_A, model, patch
@@ -307,3 +307,56 @@ def test_the_service_section_declares_the_targets_settings(tmp_path: Path) -> No
     path = write(tmp_path, "[service]\nprovider_timeout_s = 300\nlease_s = 30.5\n")
     service = load_profile(path).service
     assert service.declared() == {"provider_timeout_s": 300.0, "lease_s": 30.5}
+
+
+# -- the console: version, verbosity anywhere, each subcommand's own usage, reasons -----------
+
+def test_version_names_the_distribution(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["--version"], capsys)
+    assert code == 0 and out.startswith("harness (raceharness ")
+
+
+@pytest.mark.parametrize("argv", [["-q", "scenarios"], ["scenarios", "-q"],
+                                  ["-v", "scenarios"], ["scenarios", "--verbose"]])
+def test_q_and_v_are_accepted_before_and_after_the_subcommand(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(argv, capsys)
+    assert code == 0 and "same-chat-burst" in out, err
+
+
+def test_a_bad_flag_prints_the_subcommands_own_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(["race", "--bogus"], capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines()[0].startswith("usage: harness race ")
+    assert err.splitlines()[-1] == "harness race: error: unrecognized arguments: --bogus"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("hello world\n", "not a history: line 1 is not JSON"),
+    ("", "the file is empty"),
+    ('[1, 2]\n', "line 1: expected an object with 'kind'"),
+])
+def test_check_of_a_file_that_is_no_history_says_what_is_wrong(
+        tmp_path: Path, text: str, problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_text(text)
+    code, _, err = cli(["check", str(path)], capsys)
+    assert code == 2 and problem in err, err
+
+
+def test_the_console_gives_the_reason_of_every_property_that_is_not_valid(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trial = patch(model(), LOSER_A, status=500, code=None)
+    path = tmp_path / "history.jsonl"
+    path.write_text(dumps_trials([drop_db(trial)], {"target": "embedded", "n": 3}))
+    code, out, _ = cli(["check", str(path)], capsys)
+    lines = out.splitlines()
+    invalid = lines.index(next(line for line in lines if line.startswith("race/losers-409")))
+    assert lines[invalid + 1].startswith("    why: 1 of 2 losers not a JSON 409")
+    unknown = lines.index(next(line for line in lines if line.startswith("race/no-loser-writes")))
+    assert lines[unknown + 1] == "    why: no database access (trial 0)"
+    assert code == 1
+
+
+def drop_db(trial: Trial) -> Trial:
+    return Trial(meta=trial.meta, ops=trial.ops, provider=trial.provider, db=None)
