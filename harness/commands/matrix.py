@@ -16,8 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from raceharness.core.report import paint
 from raceharness.core.scenario import catalogue
-from raceharness.runtime import UsageError
+from raceharness.runtime import UsageError, use_colour
 from raceharness.trial.suite import RaceOptions, run_scenarios
 
 # conformance.md §4: fault -> (the scenarios that catch it, the properties expected to).
@@ -74,8 +75,43 @@ async def run_matrix(opts: RaceOptions, faults: list[str], fault_trials: int,
     text = render_matrix_markdown(matrix)
     if out_dir is not None:
         write_matrix(out_dir, matrix, text)
-    print(json.dumps(matrix, indent=2) if as_json else text, file=sys.stdout)
+    if as_json:
+        print(json.dumps(matrix, indent=2), file=sys.stdout)
+    else:
+        print(render_matrix_console(matrix, use_colour()), file=sys.stdout)
+        if out_dir is not None:
+            print(f"the full fault x property table: {out_dir / 'matrix.md'}")
     return 0 if matrix["ok"] else 1
+
+
+def render_matrix_console(matrix: dict[str, Any], colour: bool = False) -> str:
+    """The matrix as a compact grid for a terminal: one line per row and what caught the
+    fault, with its invalid trials (the full fault x property table is matrix.md)."""
+    rows = matrix["rows"]
+    width = max(len(name) for name in rows) + 2
+
+    def mark(text: str, good: bool) -> str:
+        padded = f"{text:8}"
+        return paint("valid" if good else "invalid", colour, 8).replace(
+            f"{'valid' if good else 'invalid':8}", padded) if colour else padded
+
+    lines = [f"{'fault':{width}}{'caught':8}by (invalid trials / trials)"]
+    for name, row in rows.items():
+        if name == "(correct)":
+            bad = sorted(p for p, v in row["properties"].items() if v != "valid")
+            lines.append(f"{name:{width}}{mark('clean' if not bad else 'NOT CLEAN', not bad)}"
+                         + ", ".join(f"{p} {row['properties'][p]}" for p in bad))
+            continue
+        by = ", ".join(f"{p.split('/', 1)[-1]} {row['counts'][p]['invalid']}/"
+                       f"{sum(row['counts'][p].values())}" for p in row["caught_by"])
+        lines.append(f"{name:{width}}{mark('yes' if row['caught'] else 'NO', row['caught'])}"
+                     f"{by or '-'}")
+    skipped = sum(len(row["skipped"]) for row in rows.values())
+    if skipped:
+        lines.append(f"{skipped} scenario run(s) skipped: see matrix.md")
+    lines.append("result: " + ("every fault caught, the correct reference clean" if matrix["ok"]
+                               else "NOT OK: a fault not caught or the reference not clean"))
+    return "\n".join(lines)
 
 
 def write_matrix(out_dir: Path, matrix: dict[str, Any], text: str) -> None:

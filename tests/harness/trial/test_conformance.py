@@ -86,3 +86,22 @@ def test_the_committed_matrix_is_complete_and_ok() -> None:
     assert set(matrix["rows"]) == {"(correct)", *VALID_FAULTS}
     for fault, (_, expected) in FAULT_CATCHERS.items():
         assert set(matrix["rows"][fault]["caught_by"]) & set(expected), fault
+
+
+def test_the_console_prints_the_matrix_as_a_compact_grid() -> None:
+    """One line per row (not a 22-column Markdown table): the fault, caught or not, and what
+    caught it with its invalid trials."""
+    from raceharness.commands.matrix import render_matrix_console
+
+    matrix = json.loads((ROOT / "reports" / "conformance" / "matrix.json").read_text())
+    text = render_matrix_console(matrix)
+    lines = text.splitlines()
+    assert len(lines) == len(matrix["rows"]) + 2
+    assert max(len(line) for line in lines) < 200
+    row = next(line for line in lines if line.startswith("blanket-500 "))
+    assert row.split()[1:] == ["yes", "losers-409", "3/3"]
+    matrix["rows"]["blanket-500"]["caught"] = False
+    matrix["ok"] = False
+    again = render_matrix_console(matrix).splitlines()
+    assert next(line for line in again if line.startswith("blanket-500 ")).split()[1] == "NO"
+    assert again[-1].startswith("result: NOT OK")
