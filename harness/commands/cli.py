@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-s", type=_positive, default=5.0,
                        help="lease renewal interval (default 5)")
     _add_race(sub)
-    from raceharness.bench.bench import add_arguments as add_bench_arguments
-    from raceharness.soak.soak import add_arguments as add_soak_arguments
+    from raceharness.bench import add_arguments as add_bench_arguments
+    from raceharness.soak import add_arguments as add_soak_arguments
 
     add_bench_arguments(sub.add_parser(
         "bench", help="measure synchronisation, detection power, service figures and scale",
@@ -296,11 +296,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
         return list_scenarios()
     if args.command == "bench":
-        from raceharness.bench.bench import run_bench_command
+        from raceharness.bench import run_bench_command
 
         return run_bench_command(args)
     if args.command == "soak":
-        from raceharness.soak.soak import run_soak_command
+        from raceharness.soak import run_soak_command
 
         return run_soak_command(args)
     if args.command == "check":

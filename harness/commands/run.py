@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -79,7 +81,39 @@ def _options(args: argparse.Namespace) -> RaceOptions:
         faults=tuple(args.fault), capabilities=frozenset(args.capability),
         report_dir=None if args.report is None else Path(args.report),
         progress=sys.stderr.isatty() and not args.quiet, command=args.command,
-        service_settings=declared, strict=args.strict, max_wait_s=args.max_wait)
+        service_settings=declared, strict=args.strict, max_wait_s=args.max_wait,
+        reproduce_flags=reproduce_flags(args))
+
+
+def reproduce_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """Every option that shaped the run, for its reproduce lines: secrets as the environment
+    variables the harness reads (never their values), file paths as given. Left out: what only
+    chooses where the output goes (--report, --json) and what reproduce_line adds itself
+    (--n, --trials, --seed, --sync, --fault)."""
+    flags: list[str] = []
+    if args.target:
+        flags += ["--target", shlex.quote(args.target), "--token", "$HARNESS_TOKEN"]
+        if args.other_token:
+            flags += ["--other-token", "$HARNESS_OTHER_TOKEN"]
+        if args.dsn:
+            flags += ["--dsn", '"$HARNESS_DSN"']
+    for flag, value in (("--profile", args.profile), ("--chat-id", args.chat_id),
+                        ("--provider-url", args.provider_url),
+                        ("--provider-timeout", args.provider_timeout),
+                        ("--lease", args.lease), ("--heartbeat", args.heartbeat),
+                        ("--losers-fast-ms", args.losers_fast_ms)):
+        if value is not None:
+            flags += [flag, shlex.quote(f"{value:g}" if isinstance(value, float) else value)]
+    if args.provider_listen:
+        flags += ["--provider-listen", f"{args.provider_listen[0]}:{args.provider_listen[1]}"]
+    flags += [part for cap in args.capability for part in ("--capability", cap)]
+    if args.max_wait != 120.0:
+        flags += ["--max-wait", f"{args.max_wait:g}"]
+    if args.answer_timeout != 10.0:
+        flags += ["--answer-timeout", f"{args.answer_timeout:g}"]
+    flags += [flag for flag, on in (("--insecure", args.insecure), ("--strict", args.strict),
+                                    ("--allow-large", args.allow_large)) if on]
+    return tuple(flags)
 
 
 def _scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -89,6 +123,14 @@ def _scenarios(args: argparse.Namespace) -> list[Scenario]:
         except ScenarioError as exc:
             raise UsageError(str(exc)) from None
     return list(catalogue().values())
+
+
+def _given(args: argparse.Namespace, scenarios: list[Scenario]) -> dict[str, str]:
+    """Scenario name -> how the command line named it (a catalogue name or a file path)."""
+    if args.command != "run":
+        return {}
+    return {s.name: shlex.quote(given) for s, given in zip(scenarios, args.scenarios,
+                                                           strict=True)}
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -105,7 +147,9 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "race":
             outcome = trio.run(run_race, opts)
         else:
-            outcome = trio.run(run_scenarios, opts, _scenarios(args))
+            scenarios = _scenarios(args)
+            opts = replace(opts, scenario_args=_given(args, scenarios))
+            outcome = trio.run(run_scenarios, opts, scenarios)
     except UsageError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,19 +1,37 @@
 """Every property by id, and running them on one trial. Pure.
 
-The race properties live in :mod:`raceharness.core.checkers`, the ones only some scenarios
-check in :mod:`raceharness.core.scenario_checks`; this module composes them, so neither has to
-import the other's registry (no import circle).
+The checkers live in :mod:`raceharness.core.checks`, each declared once in its registry; this
+module derives the tables the rest of the harness uses from it: :data:`CHECKERS` (every
+property, in the order of conformance.md §4), :data:`RACE_CHECKERS` (the race properties of
+conformance.md §2, checked when no list is given), :data:`SCENARIO_CHECKERS` (the ones only some
+scenarios check) and :data:`SINGLE_CHAT_RACE` (the race properties of a race on one chat).
+
+Decisions
+---------
+- A trial with ``meta.interrupted`` is ``unknown`` for every property: nothing a cut-off trial
+  recorded can decide.
+- A checker that raises (a bug here, or a malformed record) becomes ``unknown`` "checker
+  crashed: <ExcType>: <msg>", so one bad record never hides the other verdicts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from raceharness.core.checkers import INTERRUPTED, RACE_CHECKERS, CheckResult
+from raceharness.core.checks import REGISTRY
+from raceharness.core.checks.base import CheckResult
 from raceharness.core.history import Trial
-from raceharness.core.scenario_checks import SCENARIO_CHECKERS
 
-CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {**RACE_CHECKERS, **SCENARIO_CHECKERS}
+INTERRUPTED = ("the trial was interrupted before it completed (Ctrl-C): nothing it recorded "
+               "can decide")
+
+CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
+    p.id: p.checker for p in REGISTRY.values()}
+RACE_CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
+    p.id: p.checker for p in REGISTRY.values() if p.scope == "race"}
+SCENARIO_CHECKERS: dict[str, Callable[[Trial], CheckResult]] = {
+    p.id: p.checker for p in REGISTRY.values() if p.scope == "scenario"}
+SINGLE_CHAT_RACE: tuple[str, ...] = tuple(p for p in RACE_CHECKERS if not p.startswith("chats/"))
 
 
 def check_trial(trial: Trial, properties: Iterable[str] | None = None) -> dict[str, CheckResult]:

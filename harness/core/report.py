@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from raceharness.core.checkers import CheckResult, Verdict, summarize, worst
+from raceharness.core.checks.base import CheckResult, Verdict, summarize, worst
 from raceharness.core.history import Trial
 
 REPORT_SCHEMA = "raceharness/report/v1"
@@ -118,16 +118,22 @@ def reproduce_from_history(run_meta: Mapping[str, Any], trials: Sequence[Trial],
     seed = run_meta.get("seed", first.get("seed")) if seed is None else seed
     names = [scenario] if scenario else [str(s) for s in run_meta.get("scenarios") or ()]
     race = run_meta.get("command", "race" if names in ([], [RACE_SCENARIO]) else "run") == "race"
+    given = run_meta.get("scenario_args") or {}
+    names = [str(given.get(name, name)) for name in names]
     parts = ["harness race" if race else f"harness run {' '.join(names)}"]
     n = run_meta.get("n", first.get("n") if race else None)
     parts += [f"--n {n}"] if n is not None else []
     parts += [f"--seed {seed}"] if seed is not None else []
     count = 1 if single else run_meta.get("trials", len(trials) if race else None)
-    parts += [f"--trials {count}"] if count not in (None, 1) else []
+    # one trial of a scenario run needs --trials 1: without it the scenario's own count runs
+    parts += [f"--trials {count}"] if count is not None and (count != 1 or not race) else []
     sync = run_meta.get("sync", first.get("sync"))
     parts += [f"--sync {sync}"] if sync not in (None, "last-byte") else []
-    target = run_meta.get("target", "embedded")
-    parts += [f"--target {target} --token $HARNESS_TOKEN"] if target != "embedded" else []
+    if "reproduce_flags" in run_meta:  # every option that shaped the run, secrets as $ENV
+        parts += [str(flag) for flag in run_meta["reproduce_flags"]]
+    else:  # a history written before the flags were recorded
+        target = run_meta.get("target", "embedded")
+        parts += [f"--target {target} --token $HARNESS_TOKEN"] if target != "embedded" else []
     parts += [f"--fault {f}" for f in run_meta.get("faults") or ()]
     return " ".join(parts)
 

@@ -14,10 +14,12 @@ A scenario file::
 
     [[steps]]
     do = "burst"
-    provider = "hold"           # step arguments, checked against the step's signature
+    provider = "hold"           # step arguments, checked against the step's spec
 
-Loading is pure and strict: an unknown key, step, argument, property or capability, or a value
-of the wrong type, is a :class:`ScenarioError` naming the file, the field and the value.
+The steps, their arguments (types, allowed values, defaults) and the observation phases are
+declared once in ``steps.py``. Loading is pure and strict: an unknown key, step, argument,
+property, capability or phase, or a value of the wrong type, is a :class:`ScenarioError` naming
+the file, the field and the value.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from raceharness.core.properties import CHECKERS
+from raceharness.core.steps import PHASES, SPECS, Phase, StepSpec
+
+__all__ = ["CAPABILITIES", "PHASES", "SERVICE_SETTINGS", "STEPS", "Phase", "Scenario",
+           "ScenarioError", "Step", "StepSpec", "catalogue", "load_scenario_file",
+           "loads_scenario", "parse_scenario", "resolve"]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
@@ -60,45 +67,9 @@ SERVICE_SETTINGS: dict[str, tuple[str, str]] = {
     "heartbeat_s": ("--heartbeat", "the service's lease renewal (heartbeat) interval"),
 }
 
-_ENUMS: dict[str, tuple[str, ...]] = {
-    "sync": ("last-byte", "naive"),
-    "chats": ("same", "distinct"),
-    "provider": ("hold", "trickle", "slow-first", "error-mid", "finish", "status-500", "drop",
-                 "stall"),
-    "release": ("together", "after-first-start", "when-holder-stopped"),
-    "expect": ("succeeded", "failed", "aborted"),
-    "via": ("owner", "other-instance"),
-}
-
-# Step name -> {argument: type}. Every argument is optional; the engine supplies defaults.
-STEPS: dict[str, dict[str, type]] = {
-    "new-chat": {},
-    "new-chats": {"n": int},
-    "hold-turn": {},
-    "burst": {"n": int, "sync": str, "chats": str, "per-chat": int, "provider": str,
-              "release": str, "delays_ms": list},
-    "observe": {"phase": str},
-    "stop-winner": {"via": str},
-    "disconnect-winner": {},
-    "release-provider": {},
-    "drain": {},
-    "wait-run-end": {"expect": str, "within_s": int},
-    "released-turn": {},
-    "disconnect-storm": {"n": int},
-    "stale-stop": {},
-    "foreign-user": {},
-    "bad-inputs": {},
-    "kill-owner": {},
-    "restart-service": {},
-    "expire-lease": {},
-    "database-outage": {},
-    "database-down": {},
-    "burst-into-outage": {"n": int},
-    "burst-during-outage": {"n": int},
-    "database-up": {"within_s": int},
-    "hold-past": {"intervals": int},
-    "late-turns": {"n": int, "singles": int},
-}
+# The steps a scenario may name, their arguments and the observation phases: declared once in
+# ``steps.py`` (each with exactly one implementation in ``trial/steps/``).
+STEPS: dict[str, StepSpec] = SPECS
 
 _TOP: dict[str, type | tuple[type, ...]] = {
     "name": str, "summary": str, "n": int, "trials": int, "requires": list,
@@ -106,6 +77,9 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "autonomous_runs": bool, "lease_s": (int, float), "provider_timeout_s": (int, float),
     "heartbeat_s": (int, float),
 }
+
+
+_SPEC_DEFAULT: Any = object()
 
 
 class ScenarioError(ValueError):
@@ -117,8 +91,13 @@ class Step:
     do: str
     args: dict[str, Any] = field(default_factory=dict)
 
-    def arg(self, name: str, default: Any) -> Any:
-        return self.args.get(name, default)
+    def arg(self, name: str, default: Any = _SPEC_DEFAULT) -> Any:
+        """The argument as written, else ``default``, else the spec's fixed default."""
+        if name in self.args:
+            return self.args[name]
+        if default is not _SPEC_DEFAULT:
+            return default
+        return STEPS[self.do].default(name)
 
 
 @dataclass(frozen=True)
@@ -213,7 +192,8 @@ def _parse_step(source: str, i: int, raw: Any) -> Step:
     do = raw.get("do")
     if do not in STEPS:
         raise ScenarioError(f"{where}.do: unknown step {do!r}; known: {', '.join(STEPS)}")
-    signature = STEPS[do]
+    spec = STEPS[do]
+    signature = spec.signature
     args: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "do":
@@ -221,22 +201,27 @@ def _parse_step(source: str, i: int, raw: Any) -> Step:
         if key not in signature:
             raise ScenarioError(f"{where}.{key}: step {do!r} takes no argument {key!r}"
                                 + (f"; it takes {', '.join(signature)}" if signature else ""))
-        _check_type(f"{where}.{key}", value, signature[key])
-        if key in _ENUMS and value not in _ENUMS[key]:
-            raise ScenarioError(f"{where}.{key}: expected one of {', '.join(_ENUMS[key])}, "
+        arg = spec.arg(key)
+        _check_type(f"{where}.{key}", value, arg.type)
+        if arg.choices and value not in arg.choices:
+            raise ScenarioError(f"{where}.{key}: expected one of {', '.join(arg.choices)}, "
                                 f"got {value!r}")
-        if signature[key] is int and value < 0:
+        if arg.type is int and value < 0:
             raise ScenarioError(f"{where}.{key}: expected an integer >= 0, got {value!r}")
-        if signature[key] is list:
+        if arg.type is list:
             if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
                                 for v in value):
                 raise ScenarioError(f"{where}.{key}: expected a non-empty array of integers "
                                     f">= 0, got {value!r}")
             value = tuple(value)
         args[key] = value
-    if "delays_ms" in args and args.get("release") != "after-first-start":
-        raise ScenarioError(f"{where}.delays_ms: only with release = 'after-first-start', got "
-                            f"release = {args.get('release', 'together')!r}")
+    for arg in spec.args:
+        if arg.name in args and arg.only_with is not None:
+            other, needed = arg.only_with
+            if args.get(other, spec.default(other)) != needed:
+                raise ScenarioError(
+                    f"{where}.{arg.name}: only with {other} = {needed!r}, got "
+                    f"{other} = {args.get(other, spec.default(other))!r}")
     return Step(do=do, args=args)
 
 

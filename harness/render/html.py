@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from raceharness.core.checkers import find_winner, turns
+from raceharness.core.checks.turns import find_winner, turns
 from raceharness.core.history import Trial
 from raceharness.render.text import ms, ops_text, setting, verdict_word
 from raceharness.render.timeline import STATUS_COLOURS, build_timeline, esc, render_svg

@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from raceharness.core.checkers import SINGLE_CHAT_RACE, CheckResult, worst
+from raceharness.core.checks.base import CheckResult, worst
 from raceharness.core.history import HistoryWriter, Trial
-from raceharness.core.properties import check_trial
+from raceharness.core.properties import SINGLE_CHAT_RACE, check_trial
 from raceharness.core.report import build_report
 from raceharness.core.scenario import SERVICE_SETTINGS, Scenario, catalogue
 from raceharness.net.target import Target
@@ -59,6 +59,10 @@ class RaceOptions:
     service_settings: dict[str, float] = field(default_factory=dict)
     strict: bool = False          # a skipped scenario makes the run inconclusive (exit 3)
     max_wait_s: float = 120.0     # against a target, skip a scenario that would wait longer
+    # For reproduce lines: every other option that shaped the run (secrets as $ENV names,
+    # paths as given), and how each scenario was named (a catalogue name or a file path).
+    reproduce_flags: tuple[str, ...] = ()
+    scenario_args: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,20 +75,25 @@ class RaceOutcome:
 
 def reproduce_line(opts: RaceOptions, seed: int, trials: int | None = None,
                    scenarios: Sequence[str] = ()) -> str:
+    """A command line that runs again what ran (one trial's, when ``trials=1``): the command,
+    the scenarios as they were named, N, the seed, the sync mode, every other option that
+    shaped the run (opts.reproduce_flags) and the faults."""
     if opts.command == "race":
         parts = ["harness race", f"--n {opts.n or opts.config.n}"]
+    elif opts.command == "conformance" and trials is None:
+        parts = ["harness conformance"]
     else:
-        parts = [f"harness run {' '.join(scenarios)}"]
-        if opts.n is not None:
-            parts.append(f"--n {opts.n}")
+        named = [opts.scenario_args.get(name, name) for name in scenarios]
+        parts = [f"harness run {' '.join(named)}"]
+    if opts.command != "race" and opts.n is not None:
+        parts.append(f"--n {opts.n}")
     parts.append(f"--seed {seed}")
     count = trials if trials is not None else opts.trials
-    if count is not None and count != 1:
+    if count is not None and (count != 1 or opts.command != "race"):
         parts.append(f"--trials {count}")
     if opts.config.sync != "last-byte":
         parts.append(f"--sync {opts.config.sync}")
-    if opts.target is not None:
-        parts.append(f"--target {opts.target.base_url} --token $HARNESS_TOKEN")
+    parts += opts.reproduce_flags
     parts += [f"--fault {f}" for f in opts.faults]
     return " ".join(parts)
 
@@ -140,6 +149,8 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                "command": opts.command, "n": opts.n, "trials": opts.trials,
                                "sync": opts.config.sync, "faults": list(opts.faults),
                                "seed": base_seed, "scenarios": [s.name for s in scenarios],
+                               "reproduce_flags": list(opts.reproduce_flags),
+                               "scenario_args": opts.scenario_args,
                                "reproduce": reproduce_line(
                                    opts, base_seed, scenarios=[s.name for s in scenarios])})
             t0 = time.monotonic()
@@ -190,11 +201,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                 trial_no=len(trials), seed=seed, writer=writer,
                                 targets=targets, services=services, control=control,
                                 settings=settings)
-                            try:
-                                trial = await run_scenario_trial(ctx, scenario, shared)
-                            finally:
-                                with trio.CancelScope(shield=True):
-                                    await stop_leftovers(ctx)
+                            trial = await run_trial(ctx, scenario, shared)
                             trials.append(trial)
                             results.append(check_trial(trial, scenario.properties))
                             _progress(opts, scenario, len(trials), results[-1], t0)
@@ -308,6 +315,18 @@ def _scenario_verdict(name: str, trials: list[Trial], results: list[dict[str, Ch
     verdicts = [r.verdict for t, res in zip(trials, results, strict=True)
                 if t.meta.get("scenario") == name for r in res.values()]
     return worst(verdicts)
+
+
+async def run_trial(ctx: TrialContext, scenario: Scenario, shared: dict[str, Any]) -> Trial:
+    """One trial of ``scenario`` on ``ctx``: its steps, then every run its racers may have
+    left active stopped (shielded, bounded), even when the steps failed or were cancelled.
+    ``harness race``/``run``/``conformance`` and ``harness bench`` run each trial with it;
+    the checkers are the caller's."""
+    try:
+        return await run_scenario_trial(ctx, scenario, shared)
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_leftovers(ctx)
 
 
 async def stop_leftovers(ctx: TrialContext) -> None:

@@ -5,6 +5,7 @@ packages keeps them, and the pytest plugin (entry point ``pytest11``) still load
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,9 +18,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_wheel_adds_exactly_one_top_level_import_name(tmp_path: Path) -> None:
+    # Built from a copy of the tracked files: a stale build/ folder in the work tree would
+    # otherwise ship modules that no longer exist.
+    source = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+         "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     [wheel] = tmp_path.glob("raceharness-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

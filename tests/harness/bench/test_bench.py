@@ -4,32 +4,21 @@ bar here (timing belongs to the benchmark's own report, not to unit tests)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from hypothesis import given
-from hypothesis import strategies as st
 
-from raceharness.bench.bench import (
-    SECTIONS,
-    Bench,
-    Plan,
-    merge_sections,
-    percentile,
-    render_markdown,
-    synthetic_trial,
-    trials_for_confidence,
-    wilson_interval,
-    wilson_lower,
-    write_results,
-)
+import raceharness.bench
+from raceharness.bench.figures import synthetic_trial
+from raceharness.bench.plan import SECTIONS, Plan
+from raceharness.bench.render import merge_sections, render_markdown, write_results
+from raceharness.bench.run import Bench
 from raceharness.commands.cli import main
-from raceharness.core.checkers import SINGLE_CHAT_RACE
 from raceharness.core.history import Op, Trial
-from raceharness.core.properties import check_trial
+from raceharness.core.properties import SINGLE_CHAT_RACE, check_trial
+from raceharness.core.stats import wilson_interval
 
 TINY = Plan(sync_ns=(2, 5), sync_trials=1, sync_trials_large=1, detection_ns=(2,),
             detection_trials=2, service_trials=1, cold_runs=1, scale_n=12, scale_chats=3,
@@ -43,57 +32,7 @@ def embedded_db(monkeypatch: pytest.MonkeyPatch, pg_empty_dsn: str) -> str:
     return pg_empty_dsn
 
 
-# -- statistics -----------------------------------------------------------------------------
-
-def test_trials_for_confidence() -> None:
-    assert trials_for_confidence(1.0) == 1
-    assert trials_for_confidence(0.5) == 5          # 1 - 0.5**5 = 0.969 >= 0.95 > 1 - 0.5**4
-    assert trials_for_confidence(0.0) is None
-    assert trials_for_confidence(None) is None
-
-
-@given(st.floats(min_value=0.001, max_value=0.999))
-def test_trials_for_confidence_is_the_least_that_reaches_95(p: float) -> None:
-    k = trials_for_confidence(p)
-    assert k is not None
-    assert 1 - (1 - p) ** k >= 0.95 - 1e-12
-    assert k == 1 or 1 - (1 - p) ** (k - 1) < 0.95 + 1e-12
-
-
-@given(st.integers(min_value=1, max_value=500), st.data())
-def test_the_wilson_lower_bound_is_below_the_rate(trials: int, data: st.DataObject) -> None:
-    caught = data.draw(st.integers(min_value=0, max_value=trials))
-    lower = wilson_lower(caught, trials)
-    assert lower is not None and 0.0 <= lower <= caught / trials + 1e-12
-
-
-@given(st.integers(min_value=1, max_value=500), st.data())
-def test_the_wilson_interval_holds_the_rate(trials: int, data: st.DataObject) -> None:
-    caught = data.draw(st.integers(min_value=0, max_value=trials))
-    interval = wilson_interval(caught, trials)
-    assert interval is not None
-    lower, upper = interval
-    assert 0.0 <= lower <= caught / trials <= upper + 1e-12 and upper <= 1.0
-    assert lower == wilson_lower(caught, trials)
-
-
-def test_wilson_interval_known_values() -> None:
-    assert wilson_interval(0, 0) is None
-    lower, upper = wilson_interval(46, 50) or (0, 0)
-    assert math.isclose(lower, 0.8115, abs_tol=1e-3) and math.isclose(upper, 0.9685, abs_tol=1e-3)
-
-
-def test_wilson_lower_bound_known_values() -> None:
-    assert wilson_lower(0, 0) is None
-    assert math.isclose(wilson_lower(50, 50) or 0, 0.9287, abs_tol=1e-4)
-    assert math.isclose(wilson_lower(10, 10) or 0, 0.7225, abs_tol=1e-4)
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = list(range(1, 101))
-    assert percentile(values, 50) == 50 and percentile(values, 99) == 99
-    assert percentile([7.0], 99) == 7.0 and percentile([], 50) is None
-
+# -- figures ------------------------------------------------------------------------------
 
 def test_a_synthetic_history_clones_losers_and_stays_checkable() -> None:
     ops = [Op(0, "invoke", "turn", 0, 10, "w", {"role": "racer", "chat_id": "c", "sent_ns": 10}),
@@ -245,11 +184,24 @@ def test_a_detection_rate_whose_interval_holds_the_bar_is_called_unresolved() ->
 
 
 def test_sections_of_an_older_format_are_not_kept(tmp_path: Path) -> None:
-    from raceharness.bench.bench import BENCH_SCHEMA, _previous
+    from raceharness.bench.plan import BENCH_SCHEMA
+    from raceharness.bench.render import previous_results
 
     machine = {"cores": 2, "cpu_model": "cpu", "python": "3.11.7"}
     result = {"schema": BENCH_SCHEMA, "machine": machine, "sections": {}}
     (tmp_path / "bench.json").write_text(json.dumps({**result, "schema": "raceharness/bench/v1"}))
-    assert _previous(tmp_path, result) is None
+    assert previous_results(tmp_path, result) is None
     (tmp_path / "bench.json").write_text(json.dumps(result))
-    assert _previous(tmp_path, result) == result
+    assert previous_results(tmp_path, result) == result
+
+
+def test_bench_trials_run_through_the_suites_per_trial_code() -> None:
+    from raceharness.bench import run as bench_run
+    from raceharness.trial import suite
+
+    assert bench_run.run_trial is suite.run_trial
+
+
+def test_the_command_line_names_come_from_the_package() -> None:
+    assert callable(raceharness.bench.add_arguments)
+    assert callable(raceharness.bench.run_bench_command)

@@ -8,7 +8,6 @@ import sys
 
 import psycopg
 
-from raceharness.bench.bench import loser_cpu
 from raceharness.bench.cpu import (
     CpuMeter,
     children,
@@ -17,6 +16,7 @@ from raceharness.bench.cpu import (
     process_cpu_s,
     self_cpu_s,
 )
+from raceharness.bench.figures import loser_cpu
 
 
 def burn(seconds: float) -> None:

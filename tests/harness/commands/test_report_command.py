@@ -95,4 +95,5 @@ def test_report_on_a_history_without_trials_is_a_usage_error(
     (tmp_path / "history.jsonl").write_text('{"kind":"run","schema":1}\n')
     assert main(["report", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
-        f"harness report: {tmp_path / 'history.jsonl'}: no trials in the history\n")
+        f"harness report: {tmp_path / 'history.jsonl'}: no trials in the history (the run "
+        "stopped before its first trial began)\n")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from raceharness.commands.cli import main
-from raceharness.core.checkers import SINGLE_CHAT_RACE
 from raceharness.core.history import Trial, dumps_trials
+from raceharness.core.properties import SINGLE_CHAT_RACE
 from raceharness.net.http1 import Endpoint
 from raceharness.net.target import Auth, ConfigError, Conflict, Paths, Profile, Target, load_profile
 from tests.harness.core.test_checkers import LOSER_A, model, patch

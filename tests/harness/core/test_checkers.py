@@ -14,19 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raceharness.core.checkers import (
-    RACE_CHECKERS,
-    SINGLE_CHAT_RACE,
-    CheckResult,
-    Verdict,
-    find_winner,
-    losers,
-    summarize,
-    turns,
-    worst,
-)
+from raceharness.core.checks.base import CheckResult, Verdict, summarize, worst
+from raceharness.core.checks.turns import find_winner, losers, turns
 from raceharness.core.history import DbSnapshot, MessageRow, Op, OpType, ProviderCall, RunRow, Trial
-from raceharness.core.properties import check_trial
+from raceharness.core.properties import RACE_CHECKERS, SINGLE_CHAT_RACE, check_trial
 
 MS = 1_000_000
 CHAT = "chat-1"

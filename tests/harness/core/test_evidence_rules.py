@@ -8,13 +8,17 @@ Hand-made histories in the shapes ``program.py`` records (the models of ``test_c
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from hypothesis import given
 
 import tests.harness.core.test_checkers as rc
 import tests.harness.core.test_scenario_checks as sc
-from raceharness.core.checkers import INTERRUPTED, SINGLE_CHAT_RACE, CheckResult, Verdict
+from raceharness.core.checks import EVIDENCE, REGISTRY, Evidence, check
+from raceharness.core.checks.base import CheckResult, Verdict
 from raceharness.core.history import (
     DbSnapshot,
     ProviderCall,
@@ -23,7 +27,15 @@ from raceharness.core.history import (
     dumps_trials,
     loads_trials,
 )
-from raceharness.core.properties import CHECKERS, check_trial
+from raceharness.core.properties import (
+    CHECKERS,
+    INTERRUPTED,
+    RACE_CHECKERS,
+    SCENARIO_CHECKERS,
+    SINGLE_CHAT_RACE,
+    check_trial,
+)
+from raceharness.core.scenario import ScenarioError, catalogue, loads_scenario
 from raceharness.render.timeline import build_timeline
 from tests.harness.core.test_checkers import (
     AFTER,
@@ -459,7 +471,7 @@ CONTRADICTED: dict[str, list[Make]] = {
     "storm/runs-end": [lambda: patch(sc.storm(), 7, run={"id": "run-2", "status": "running"})],
 }
 
-# A race that did not happen proves nothing (checkers.py, Decisions): its contradiction — the
+# A race that did not happen proves nothing (checks/race.py, Decisions): its contradiction — the
 # racers were sent after the winner ended — is unknown, never invalid.
 NEVER_INVALID: dict[str, list[Make]] = {
     "race/overlap-achieved": [lambda: patch(model(), WINNER, end_ns=ns(1000.005))],
@@ -536,3 +548,133 @@ def test_a_saved_model_race_checks_valid_and_a_500_loser_only_fails_losers_409()
         assert "interrupted" not in loaded.meta
         verdicts = {p: r.verdict for p, r in check_trial(loaded, SINGLE_CHAT_RACE).items()}
         assert verdicts == {p: "invalid" if p in invalid else "valid" for p in SINGLE_CHAT_RACE}
+
+
+# -- 12. the registry: each property declared once; CHECKERS, the loader and the docs agree -------
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_every_property_is_registered_exactly_once_with_a_summary_and_evidence() -> None:
+    assert list(REGISTRY) == list(CHECKERS)
+    assert list(RACE_CHECKERS) + list(SCENARIO_CHECKERS) == list(CHECKERS)
+    assert SINGLE_CHAT_RACE == tuple(p for p in RACE_CHECKERS if not p.startswith("chats/"))
+    for prop, entry in REGISTRY.items():
+        assert entry.id == prop
+        assert CHECKERS[prop] is entry.checker
+        scoped = RACE_CHECKERS if entry.scope == "race" else SCENARIO_CHECKERS
+        assert scoped[prop] is entry.checker
+        assert entry.summary.strip() and "\n" not in entry.summary, prop
+        assert entry.evidence and set(entry.evidence) <= set(EVIDENCE), prop
+        assert len(set(entry.evidence)) == len(entry.evidence), prop
+    assert len({id(entry.checker) for entry in REGISTRY.values()}) == len(REGISTRY)
+    # declared once in the source: one ``@check("<id>"`` per property in the package
+    source = "\n".join(path.read_text() for path in
+                       sorted((ROOT / "harness" / "core" / "checks").glob("*.py")))
+    declared = re.findall(r'^@check\(\s*"([^"]+)"', source, re.M)
+    assert sorted(declared) == sorted(REGISTRY)
+
+
+@pytest.mark.parametrize(("prop", "make"), _cases(STRIPPED) + _cases(CONTRADICTED),
+                         ids=_ids(STRIPPED) + _ids(CONTRADICTED))
+def test_a_checker_reports_under_its_registered_id(prop: str, make: Make) -> None:
+    assert REGISTRY[prop].checker(make()).property == prop
+
+
+def test_the_scenario_loader_accepts_exactly_the_registered_properties() -> None:
+    step = next(iter(catalogue().values())).steps[0].do
+    def load(prop: str) -> tuple[str, ...]:
+        return loads_scenario(f'name = "x"\nsummary = "s"\nproperties = ["{prop}"]\n'
+                              f'[[steps]]\ndo = "{step}"\n', "f.toml").properties
+
+    assert [load(prop) for prop in REGISTRY] == [(prop,) for prop in REGISTRY]
+    with pytest.raises(ScenarioError) as refused:
+        load("race/nope")
+    assert str(refused.value) == ("f.toml: properties[0]: unknown property 'race/nope'; known: "
+                                  + ", ".join(REGISTRY))
+
+
+def test_conformance_md_lists_every_property_with_its_registered_summary() -> None:
+    text = (ROOT / "docs" / "conformance.md").read_text(encoding="utf-8")
+    table = text.split("\n## 4. Properties", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `([a-z]+/[a-z0-9-]+)` \| (.+?) \|", table, re.M)
+    assert rows == [(entry.id, entry.summary) for entry in REGISTRY.values()]
+
+
+# Taking away a kind of evidence a property does not declare leaves its result as it was.
+STRIP: dict[Evidence, Callable[[Trial], Trial]] = {
+    "racers": lambda t: _without_turns(t, lambda role: role == "racer"),
+    "turns": lambda t: _without_turns(t, lambda role: role != "racer"),
+    "stops": lambda t: _without_ops(t, "stop"),
+    "runs": lambda t: _without_ops(t, "runs", "run"),
+    "probes": lambda t: _without_ops(t, "probe"),
+    "outages": lambda t: _without_ops(t, "database"),
+    "provider": lambda t: dataclasses.replace(t, provider=None),
+    "db": lambda t: dataclasses.replace(t, db=None),
+    "meta": lambda t: dataclasses.replace(t, meta={}),
+}
+
+
+def _without_ops(trial: Trial, *fs: str) -> Trial:
+    return dataclasses.replace(trial, ops=[op for op in trial.ops if op.f not in fs])
+
+
+def _without_turns(trial: Trial, role: Callable[[object], bool]) -> Trial:
+    gone = {op.index for inv, comp in trial.completions("turn") if role(inv.get("role"))
+            for op in (inv, comp) if op is not None}
+    return dataclasses.replace(trial, ops=[op for op in trial.ops if op.index not in gone])
+
+
+def _outcome(prop: str, trial: Trial) -> tuple[object, ...]:
+    try:
+        result = REGISTRY[prop].checker(trial)
+    except Exception as exc:  # noqa: BLE001 - a crash is an outcome to compare too
+        return ("crashed", type(exc).__name__, str(exc))
+    return (result.verdict, result.reason, result.ops)
+
+
+def test_the_stripping_covers_every_kind_of_evidence() -> None:
+    assert set(STRIP) == set(EVIDENCE)
+
+
+@pytest.mark.parametrize(("prop", "make"), _cases(STRIPPED) + _cases(CONTRADICTED),
+                         ids=_ids(STRIPPED) + _ids(CONTRADICTED))
+def test_a_property_reads_no_evidence_it_does_not_declare(prop: str, make: Make) -> None:
+    trial = make()
+    undeclared = [e for e in EVIDENCE if e not in REGISTRY[prop].evidence]
+    assert {e: _outcome(prop, STRIP[e](trial)) for e in undeclared} == {
+        e: _outcome(prop, trial) for e in undeclared}
+
+
+def test_a_malformed_declaration_is_refused_and_registers_nothing() -> None:
+    before = dict(REGISTRY)
+
+    def checker(trial: Trial) -> CheckResult:
+        return CheckResult("x/y", "unknown", "")
+
+    for declare, message in [
+            (lambda: check("race/one-winner", scope="race", evidence=("racers",),
+                           summary="again")(checker), "registered twice"),
+            (lambda: check("x/y", scope="race", evidence=("racers",),
+                           summary="s")(REGISTRY["race/one-winner"].checker),
+             "its checker is already 'race/one-winner''s"),
+            (lambda: check("x/y", scope="race", evidence=("logs",),  # type: ignore[arg-type]
+                           summary="s"), "unknown evidence 'logs'"),
+            (lambda: check("x/y", scope="race", evidence=(), summary="s"), "no evidence named"),
+            (lambda: check("x/y", scope="race", evidence=("db",), summary=" "),
+             "not one non-empty line"),
+            (lambda: check("x/y", scope="soon", evidence=("db",),  # type: ignore[arg-type]
+                           summary="s"), "scope 'soon'"),
+            (lambda: check("Y", scope="race", evidence=("db",), summary="s"), "'area/name'")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            declare()
+    assert REGISTRY == before
+
+
+@rc.FAST
+@given(rc.race_trials())
+def test_a_race_property_reads_no_evidence_it_does_not_declare(trial: Trial) -> None:
+    for prop in SINGLE_CHAT_RACE:
+        undeclared = [e for e in EVIDENCE if e not in REGISTRY[prop].evidence]
+        assert {e: _outcome(prop, STRIP[e](trial)) for e in undeclared} == {
+            e: _outcome(prop, trial) for e in undeclared}, prop

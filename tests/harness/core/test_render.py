@@ -16,9 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raceharness.core.checkers import SINGLE_CHAT_RACE
 from raceharness.core.history import ProviderCall, Trial
-from raceharness.core.properties import check_trial
+from raceharness.core.properties import SINGLE_CHAT_RACE, check_trial
 from raceharness.core.report import build_report, rebuild_report, reproduce_from_history
 from raceharness.render import load_schema, render_json, write_reports
 from raceharness.render.html import render_html
@@ -457,8 +456,13 @@ def test_a_rebuilt_report_has_the_runs_config_reproduce_lines_and_scenarios() ->
     ({"seed": 5, "scenarios": ["double-submit", "stale-stop"]}, None, None,
      "harness run double-submit stale-stop --seed 5"),
     ({"seed": 5, "scenarios": ["double-submit"], "target": "https://t.example"}, 9,
-     "double-submit", "harness run double-submit --seed 9 --target https://t.example "
-                      "--token $HARNESS_TOKEN"),
+     "double-submit", "harness run double-submit --seed 9 --trials 1 --target "
+                      "https://t.example --token $HARNESS_TOKEN"),
+    ({"seed": 5, "scenarios": ["mine"], "scenario_args": {"mine": "my/scen.toml"},
+      "reproduce_flags": ["--target", "https://t", "--token", "$HARNESS_TOKEN", "--dsn",
+                          '"$HARNESS_DSN"', "--provider-listen", "127.0.0.1:9"]}, 9, "mine",
+     'harness run my/scen.toml --seed 9 --trials 1 --target https://t --token $HARNESS_TOKEN '
+     '--dsn "$HARNESS_DSN" --provider-listen 127.0.0.1:9'),
     ({"seed": 5, "n": 4, "sync": "naive", "trials": 3}, None, None,
      "harness race --n 4 --seed 5 --trials 3 --sync naive"),
     ({"reproduce": "harness race --n 2 --seed 1"}, None, None, "harness race --n 2 --seed 1"),

@@ -11,10 +11,12 @@ from raceharness.core.scenario import (
     CAPABILITIES,
     STEPS,
     ScenarioError,
+    Step,
     catalogue,
     loads_scenario,
     resolve,
 )
+from raceharness.core.steps import PHASES, SPECS, Phase, reference
 
 CONFORMANCE_CATALOGUE = [  # conformance.md §3, in its order
     "same-chat-burst", "double-submit", "sequential-double-submit", "distinct-chats",
@@ -127,6 +129,17 @@ def test_resolve_takes_a_catalogue_name_or_a_file(tmp_path: Path) -> None:
      "f.toml: steps[1].delays_ms: expected a non-empty array of integers >= 0, got []"),
     (("name = \"mine\"", "name = \"mine\"\nheartbeat_s = 0"),
      "f.toml: heartbeat_s: expected a number > 0, got 0"),
+    (("do = \"new-chat\"", "do = \"observe\"\nphase = \"helld\""),
+     "f.toml: steps[0].phase: expected one of before, held, after, after-stop, before-stale, "
+     "after-stale, before-foreign, after-foreign, final, storm, reclaimed, recovered, "
+     "cleanup, got 'helld'"),
+    (("do = \"new-chat\"", "do = \"observe\"\nphase = 1"),
+     "f.toml: steps[0].phase: expected a string, got 1"),
+    (("do = \"new-chat\"", "do = \"stop-winner\"\nvia = \"elsewhere\""),
+     "f.toml: steps[0].via: expected one of owner, other-instance, got 'elsewhere'"),
+    (("do = \"new-chat\"", "do = \"new-chat\"\nn = 2"),
+     "f.toml: steps[0].n: step 'new-chat' takes no argument 'n'\n"),
+    (("n = 3", "n = -1"), "f.toml: steps[1].n: expected an integer >= 0, got -1"),
 ])
 def test_loading_errors_name_the_file_the_field_and_the_value(
         edit: tuple[str, str], message: str) -> None:
@@ -134,4 +147,69 @@ def test_loading_errors_name_the_file_the_field_and_the_value(
     assert old in MINIMAL
     with pytest.raises(ScenarioError) as caught:
         loads_scenario(MINIMAL.replace(old, new, 1), "f.toml")
-    assert str(caught.value).startswith(message)
+    assert (str(caught.value) + "\n").startswith(message)
+
+
+def test_the_phases_are_the_strings_the_checkers_read() -> None:
+    """On-disk strings: a history written before keeps being judged the same."""
+    assert PHASES == ("before", "held", "after", "after-stop", "before-stale", "after-stale",
+                      "before-foreign", "after-foreign", "final", "storm", "reclaimed",
+                      "recovered", "cleanup")
+    assert Phase("held") is Phase.HELD and Phase.AFTER_STOP.value == "after-stop"
+
+
+def test_every_observe_phase_of_the_catalogue_is_a_phase() -> None:
+    for scenario in catalogue().values():
+        for step in scenario.steps:
+            if step.do == "observe":
+                assert Phase(step.arg("phase")) in Phase
+
+
+def test_a_step_argument_left_out_takes_the_specs_default() -> None:
+    assert Step("burst").arg("release") == "together"
+    assert Step("burst").arg("delays_ms") == ()
+    assert Step("observe").arg("phase") == "held"
+    assert Step("burst", {"release": "after-first-start"}).arg("release") == "after-first-start"
+    assert Step("burst").arg("n", 7) == 7  # the engine's derived default
+    with pytest.raises(LookupError, match="'n' has no fixed default"):
+        Step("burst").arg("n")
+
+
+def test_the_specs_defaults_pass_their_own_checks() -> None:
+    for spec in SPECS.values():
+        for arg in spec.args:
+            assert arg.type in (str, int, list), (spec.name, arg.name)
+            assert arg.summary, (spec.name, arg.name)
+            if arg.derived:
+                assert arg.default is None, (spec.name, arg.name)
+                continue
+            if arg.type is list:
+                assert isinstance(arg.default, tuple), (spec.name, arg.name)
+            else:
+                assert isinstance(arg.default, arg.type), (spec.name, arg.name)
+            if arg.choices:
+                assert arg.default in arg.choices, (spec.name, arg.name)
+            if arg.only_with:
+                assert spec.arg(arg.only_with[0]).choices, (spec.name, arg.name)
+
+
+def test_steps_require_known_capabilities_and_the_catalogue_declares_them() -> None:
+    for spec in SPECS.values():
+        assert spec.requires <= set(CAPABILITIES), spec.name
+        assert spec.summary, spec.name
+    for scenario in catalogue().values():
+        needed = set().union(*(STEPS[s.do].requires for s in scenario.steps))
+        assert needed <= scenario.requires, (scenario.name, needed - scenario.requires)
+
+
+def test_the_step_reference_names_every_step_argument_and_choice() -> None:
+    text = reference()
+    for spec in SPECS.values():
+        assert f"{spec.name}: {spec.summary}" in text
+        for arg in spec.args:
+            assert f"    {arg.name}" in text
+    assert "phase (before | held | after | after-stop" in text
+    assert "foreign-user: another user's token on the chat: turn, stop, run, runs (each must " \
+           "be 403)  [needs other-token]" in text
+    assert "delays_ms: each later turn this long after the first one's answer; default none; " \
+           "only with release = after-first-start" in text

@@ -1,5 +1,5 @@
-"""The scenario checkers (``scenario_checks.py``), Jepsen style: literal trials in, whole results
-out.
+"""The scenario checkers (``checks/lifecycle.py``, ``refusals.py``, ``recovery.py``), Jepsen
+style: literal trials in, whole results out.
 
 Each trial is written in the exact op shapes ``program.py`` records (``wait-run-end``,
 ``stale-stop``, ``foreign-user``, ``bad-inputs``, ``database-outage``, ``burst-into-outage``,
@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from raceharness.core.checkers import CheckResult, Verdict
+from raceharness.core.checks.base import CheckResult, Verdict
 from raceharness.core.history import DbSnapshot, MessageRow, Op, OpType, ProviderCall, RunRow, Trial
-from raceharness.core.properties import CHECKERS, check_trial
-from raceharness.core.scenario_checks import SCENARIO_CHECKERS
+from raceharness.core.properties import CHECKERS, SCENARIO_CHECKERS, check_trial
 from tests.harness.core.test_checkers import drop, patch, retype, with_meta
 
 # program.py's process ids (not imported: it pulls in trio and httpx; only the pairing matters)
@@ -432,7 +431,7 @@ CASES: list[Case] = [
     ("run/expected-end",  # wait-run-end's bound passed without any answer from /run
      lambda: retype(expected_end(), FINAL, "info", phase="final", status=0, runs=[], run=None,
                     message=None), "unknown", (), "the run's end was not observed"),
-    ("run/expected-end",  # only a 200 answer is an observation (checkers.py)
+    ("run/expected-end",  # only a 200 answer is an observation (checks/observations.py)
      lambda: patch(expected_end(), FINAL, status=503, runs=[], run=None, message=None),
      "unknown", (FINAL,), "/run answered 503: the run's end was not observed"),
     ("run/expected-end", lambda: without_meta(expected_end(), "expect_end"), "unknown", (),

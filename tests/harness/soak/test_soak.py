@@ -159,7 +159,7 @@ def test_sigterm_stops_the_load_and_writes_partial_totals(embedded_db: str,
 
 
 def test_burst_winners_are_judged_against_the_restart() -> None:
-    from raceharness.soak.soak import _burst_summary
+    from raceharness.soak.totals import burst_summary
 
     def burst(winners: int, instances: set[int], span: tuple[float, float],
               unanswered: int = 0) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def test_burst_winners_are_judged_against_the_restart() -> None:
                 "unanswered": unanswered}
 
     restart = {"instance": 1, "killed_at_s": 4.0}
-    summary = _burst_summary([
+    summary = burst_summary([
         burst(1, {0, 1}, (1.0, 2.0)),
         burst(0, {0, 1}, (3.5, 4.5), unanswered=1),   # its winner died with instance 1
         burst(0, {0}, (3.5, 4.5), unanswered=1),      # instance 0 was not killed
@@ -178,5 +178,51 @@ def test_burst_winners_are_judged_against_the_restart() -> None:
     assert summary["one_winner"] == 1 and summary["more_than_one_winner"] == 1
     assert summary["hit_by_restart"] == 1 and summary["no_winner_unexplained"] == 2
     assert summary["by_winners"] == {"0": 3, "1": 1, "2": 1}
-    assert _burst_summary([burst(0, {1}, (3.5, 4.5), unanswered=1)], {})[
+    assert burst_summary([burst(0, {1}, (3.5, 4.5), unanswered=1)], {})[
         "no_winner_unexplained"] == 1
+
+
+def test_a_soak_request_is_the_race_engines_turn_byte_for_byte() -> None:
+    """Built by trial.context, a soak request is what the soak used to build itself: the
+    stream path, JSON + SSE headers, the bearer token and the ``[race:<nonce>]`` text."""
+    import trio
+
+    from raceharness.net.http1 import Racer
+    from raceharness.net.target import Target
+    from raceharness.shell.observe import ServiceClient
+    from raceharness.soak.load import Load, Tally
+    from raceharness.soak.plan import SoakPlan
+    from raceharness.trial.context import race_text, turn_body
+
+    targets = [Target(base_url=f"http://127.0.0.1:{port}/prefix", token="tok")
+               for port in (8001, 8002)]
+    load = Load(SoakPlan(duration_s=5, seed=9, instances=2, concurrency=1, lease_s=3),
+                Tally())
+
+    async def check() -> None:
+        clients = [ServiceClient(t) for t in targets]
+        load.attach(targets, clients)
+        try:
+            for chat in (None, "chat-1"):
+                req = load.new_req("burst", 1, chat, "hold")
+                t = targets[1]
+                expected = Racer(t.endpoint(), "POST", t.prefix + t.profile.paths.stream,
+                                 [("content-type", "application/json"),
+                                  ("accept", "text/event-stream"), *t.auth_headers()],
+                                 turn_body(race_text(req.nonce, "soak"), chat))
+                racer = load.racer(req)
+                assert racer.data == expected.data and racer.endpoint == expected.endpoint
+                assert f"[race:{req.nonce}]".encode() in racer.data
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    trio.run(check)
+    assert list(load.tally.reqs) == ["soak-9-1", "soak-9-2"]
+
+
+def test_the_command_line_names_come_from_the_package() -> None:
+    import raceharness.soak
+
+    assert callable(raceharness.soak.add_arguments)
+    assert callable(raceharness.soak.run_soak_command)

@@ -183,3 +183,28 @@ def test_a_target_that_accepts_and_never_answers_names_the_bound(
     err = capsys.readouterr().err
     assert code == 4
     assert "did not answer an ordinary turn" in err and "within 1 s" in err
+
+
+def test_a_printed_reproduce_line_reruns_with_the_same_verdict(
+        external: External, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The reproduce line carries every option that shaped the run (secrets as $ENV names):
+    run as printed, in a shell with those variables set, it gives the same verdict. Before,
+    it dropped --provider-listen, --dsn, --other-token and --capability, and its rerun was
+    inconclusive where the run was valid."""
+    code = main(["race", "--n", "5", "--json", *external.flags(), "--answer-timeout", "8"])
+    report = json.loads(capsys.readouterr().out)
+    line = report["trials"][0]["reproduce"]
+    for secret in (external.token, external.other_token, external.dsn):
+        assert secret not in line
+    for flag in ("--provider-listen", "--dsn", "--other-token", "--capability",
+                 "--answer-timeout 8", "--seed"):
+        assert flag in line
+    assert line.startswith("harness race --n 5 ")
+    env = {**os.environ, "HARNESS_TOKEN": external.token,
+           "HARNESS_OTHER_TOKEN": external.other_token, "HARNESS_DSN": external.dsn,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    rerun = subprocess.run(["bash", "-c", line + " --json"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    again = json.loads(rerun.stdout)
+    assert (rerun.returncode, again["verdict"]) == (code, report["verdict"]) == (0, "valid")
+    assert again["trials"][0]["seed"] == report["trials"][0]["seed"]

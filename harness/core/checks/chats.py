@@ -1,0 +1,83 @@
+"""Contention stays per chat: conformance.md §2's ``chats/independent`` and
+``chats/one-winner-each``. Pure.
+
+Decisions
+---------
+- ``chats/independent``: 409 is a false conflict, any other non-200 except 429 is ``invalid``
+  too; 429, info and fail are ``unknown``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raceharness.core.checks.base import RUN_ALREADY_ACTIVE, CheckResult, _cite, _listing
+from raceharness.core.checks.registry import check
+from raceharness.core.checks.turns import Request, _json, _ops, _statuses, turns
+from raceharness.core.history import Trial
+
+
+@check("chats/independent", scope="race", evidence=("racers",),
+       summary="turns on different chats never conflict")
+def chats_independent(trial: Trial) -> CheckResult:
+    prop = "chats/independent"
+    racers = turns(trial, "racer")
+    chats = [r.chat_id for r in racers]
+    if len(racers) < 2 or None in chats or len(set(chats)) != len(chats):
+        return CheckResult(prop, "unknown", f"not a distinct-chat race: {len(racers)} racer(s) "
+                           f"on {len(set(chats))} chat(s)")
+    conflicts = [r for r in racers if r.outcome == "ok" and r.status == 409]
+    if conflicts:
+        return CheckResult(prop, "invalid", f"false conflict: {len(conflicts)} of {len(racers)} "
+                           f"turns on distinct chats got 409 ({_cite(_ops(conflicts))})",
+                           _ops(conflicts))
+    refused = [r for r in racers if r.outcome == "ok" and r.status not in (200, 429)]
+    if refused:
+        return CheckResult(prop, "invalid", f"{len(refused)} of {len(racers)} turns on distinct "
+                           f"chats refused ({_statuses(refused)})", _ops(refused))
+    undecided = [r for r in racers if r.outcome != "ok" or r.status == 429]
+    if undecided:
+        return CheckResult(prop, "unknown", f"{len(undecided)} of {len(racers)} turns undecided "
+                           f"({_statuses(undecided)})", _ops(undecided))
+    return CheckResult(prop, "valid", f"all {len(racers)} turns on distinct chats got 200")
+
+
+@check("chats/one-winner-each", scope="race", evidence=("racers",),
+       summary="several racers on each of several chats: one winner per chat")
+def chats_one_winner_each(trial: Trial) -> CheckResult:
+    """Several simultaneous turns on each of several chats: per chat, exactly one tracked 200
+    and a JSON 409 A_RUN_ALREADY_ACTIVE for every other (contention stays per chat)."""
+    prop = "chats/one-winner-each"
+    racers = turns(trial, "racer")
+    by_chat: dict[Any, list[Request]] = {}
+    for r in racers:
+        by_chat.setdefault(r.chat_id, []).append(r)
+    if None in by_chat or len(by_chat) < 2 or all(len(rs) < 2 for rs in by_chat.values()):
+        return CheckResult(prop, "unknown", f"not a many-chat race: {len(racers)} racer(s) on "
+                           f"{len(by_chat)} chat(s)")
+    problems: list[str] = []
+    offending: list[Request] = []
+    undecided: list[Request] = []
+    for chat, rs in by_chat.items():
+        winners = [r for r in rs if r.outcome == "ok" and r.got_200]
+        if len(winners) != 1 or not winners[0].tracked:
+            problems.append(f"chat {chat}: {len(winners)} winner(s)"
+                            + ("" if len(winners) != 1 else " without a run id"))
+            offending += winners
+            continue
+        for r in rs:
+            if r is winners[0]:
+                continue
+            if r.outcome != "ok" or r.status == 429:
+                undecided.append(r)
+            elif not (r.status == 409 and _json(r) and r.code == RUN_ALREADY_ACTIVE):
+                problems.append(f"op {r.index}: {r.status} code={r.code}")
+                offending.append(r)
+    if problems:
+        return CheckResult(prop, "invalid", f"{len(problems)} problem(s) across {len(by_chat)} "
+                           f"chats: {_listing(problems)}", _ops(offending))
+    if undecided:
+        return CheckResult(prop, "unknown", f"{len(undecided)} of {len(racers)} turns undecided "
+                           f"({_statuses(undecided)})", _ops(undecided))
+    return CheckResult(prop, "valid", f"each of {len(by_chat)} chats had exactly one winner; "
+                       f"the other {len(racers) - len(by_chat)} turns got 409")
