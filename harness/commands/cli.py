@@ -284,7 +284,10 @@ def _main(argv: Sequence[str] | None) -> int:
             f"unrecognized arguments: {' '.join(extras)}")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # On a terminal a log line first clears the live progress line, so they never glue.
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+    logging.basicConfig(level=level,
+                        format=clear + "%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve-reference":
         return _serve_reference(args)
     if args.command in ("race", "run", "conformance"):

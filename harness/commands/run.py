@@ -80,7 +80,8 @@ def _options(args: argparse.Namespace) -> RaceOptions:
         provider_listen=args.provider_listen, provider_url=args.provider_url,
         faults=tuple(args.fault), capabilities=frozenset(args.capability),
         report_dir=None if args.report is None else Path(args.report),
-        progress=sys.stderr.isatty() and not args.quiet, command=args.command,
+        progress="off" if args.quiet else "live" if sys.stderr.isatty() else "lines",
+        command=args.command,
         service_settings=declared, strict=args.strict, max_wait_s=args.max_wait,
         reproduce_flags=reproduce_flags(args))
 

@@ -53,7 +53,9 @@ class RaceOptions:
     faults: tuple[str, ...] = ()
     capabilities: frozenset[str] = frozenset()   # declared for a --target
     report_dir: Path | None = None
-    progress: bool = False
+    # "off"; "lines": one line per trial (no terminal: CI logs); "live": one line kept
+    # up to date on a terminal
+    progress: str = "off"
     command: str = "race"
     # What the target is configured with (scenario.SERVICE_SETTINGS), as declared by the user.
     service_settings: dict[str, float] = field(default_factory=dict)
@@ -154,7 +156,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                "reproduce": reproduce_line(
                                    opts, base_seed, scenarios=[s.name for s in scenarios])})
             t0 = time.monotonic()
-            for scenario in scenarios:
+            for k, scenario in enumerate(scenarios, 1):
                 have = available | ({"autonomous-runs"} if embedded and scenario.autonomous_runs
                                     else {"disconnect-stops"} if embedded else frozenset())
                 missing = missing_capabilities(scenario, have)
@@ -193,7 +195,8 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                     shared: dict[str, Any] = {}
                     count = opts.trials or scenario.trials
                     try:
-                        for _ in range(count):
+                        for i in range(1, count + 1):
+                            started = time.monotonic()
                             seed = base_seed if not trials else rng.randrange(1 << 32)
                             ctx = TrialContext(
                                 target=targets[0], config=replace(opts.config, n=n),
@@ -204,10 +207,12 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                             trial = await run_trial(ctx, scenario, shared)
                             trials.append(trial)
                             results.append(check_trial(trial, scenario.properties))
-                            _progress(opts, scenario, len(trials), results[-1], t0)
+                            _progress(opts, f"scenario {k}/{len(scenarios)} {scenario.name} "
+                                      f"trial {i}/{count}", results[-1],
+                                      time.monotonic() - started, time.monotonic() - t0)
                     except StepNotAvailable as exc:
                         skipped[scenario.name] = str(exc)
-            if opts.progress:
+            if opts.progress == "live":
                 print(file=sys.stderr)
             nursery.cancel_scope.cancel()
     finally:
@@ -264,12 +269,20 @@ def _capability_hint(name: str) -> str:
     return CAPABILITIES.get(name, name)
 
 
-def _progress(opts: RaceOptions, scenario: Scenario, done: int,
-              result: dict[str, CheckResult], t0: float) -> None:
-    if opts.progress:
-        verdict = worst(r.verdict for r in result.values())
-        print(f"\r{scenario.name}: trial {done} {verdict:8} ({time.monotonic() - t0:.1f}s)",
-              end="", file=sys.stderr, flush=True)
+def _progress(opts: RaceOptions, where: str, result: dict[str, CheckResult], took_s: float,
+              total_s: float) -> None:
+    """One trial done: ``scenario 3/23 burst-waves trial 4/8 valid 0.4 s``, the faults named.
+    Without a terminal, a line per trial (CI logs show a run's progress as it goes); on one, a
+    single live line, cleared first so it never glues onto a log line."""
+    if opts.progress == "off":
+        return
+    verdict = worst(r.verdict for r in result.values())
+    faults = f" [fault {', '.join(opts.faults)}]" if opts.faults else ""
+    line = f"{where} {verdict} {took_s:.1f} s{faults}"
+    if opts.progress == "live":
+        print(f"\r\x1b[K{line} ({total_s:.0f} s in all)", end="", file=sys.stderr, flush=True)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _outcome(opts: RaceOptions, scenarios: Sequence[Scenario], base_seed: int,

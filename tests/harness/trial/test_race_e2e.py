@@ -129,3 +129,17 @@ def test_server_ports_are_chosen_outside_the_ephemeral_range() -> None:
     assert all(1024 < p < 65536 for p in ports)
     if low > 10_000:
         assert all(p < low for p in ports)
+
+
+def test_without_a_terminal_progress_is_one_line_per_trial(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """CI logs show a run as it goes: one line per trial with totals and the faults named;
+    -q prints none."""
+    assert main(["run", "stale-stop", "--trials", "2", "--fault", "late-write-overwrites"]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("scenario ")]
+    assert [line.split(" invalid ")[0] for line in lines] == [
+        "scenario 1/1 stale-stop trial 1/2", "scenario 1/1 stale-stop trial 2/2"]
+    assert all(line.endswith(" s [fault late-write-overwrites]") for line in lines)
+    assert main(["run", "stale-stop", "--trials", "1", "-q"]) == 0
+    assert "scenario 1/1" not in capsys.readouterr().err
