@@ -82,8 +82,8 @@ else
     bootstrap
 fi
 
-cd "$ROOT"
 case "$cmd" in
-    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    test) cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
+    # the caller's folder: a relative --report DIR or --profile FILE means what it says
     harness) exec "$VENV/bin/harness" "$@" ;;
 esac
