@@ -135,7 +135,18 @@ async def preflight_turn(target: Target, provider: FakeProvider | None,
         await _stop(target, run_id)
         raise PreflightError(f"an ordinary turn did not end within {bound_s:g} s ({where})",
                              EXIT_UNREACHABLE)
-    return {"status": status, "run_id": run_id, "provider_called": called}
+    terminal = resp.stream.terminal if resp.stream is not None else None
+    if terminal == "error":
+        # Without the fake provider, its own provider failing is the likely cause: a race
+        # would then read as bugs (runs failing at once, released early), so say it now.
+        text = (resp.stream.error_text or "").strip() if resp.stream is not None else ""
+        raise PreflightError(
+            "an ordinary turn ended with an error frame" + (f" ({text[:200]})" if text else "")
+            + ": the target's provider failed"
+            + ("" if provider is not None else "; point it at the fake provider with "
+               "--provider-listen HOST:PORT"), EXIT_UNREACHABLE)
+    return {"status": status, "run_id": run_id, "provider_called": called,
+            "terminal": terminal}
 
 
 async def _stop(target: Target, run_id: str | None) -> None:

@@ -103,11 +103,58 @@ def test_h2_single_packet_falls_back_to_last_byte_on_an_http1_deployment(
     assert meta["send_spread_ns"] is not None
 
 
-def test_missing_evidence_is_unknown_never_valid(
+def test_a_provider_failing_an_ordinary_turn_stops_the_run_at_the_preflight(
         deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
-    """No fake provider and no DSN: the race still runs (the deployment's provider is
-    unreachable, so the winner's run fails), and every property that needed the missing
-    evidence is unknown; the whole verdict is inconclusive or invalid, never valid."""
+    """Nothing listens at the deployment's provider URL and the harness has no fake provider
+    there: the ordinary turn ends with an error frame, and the run stops before any verdict
+    instead of reading the failed runs as bugs."""
+    code = main(["race", "--n", "5", "--target", deployment.url, "--token", deployment.token,
+                 "--insecure"])
+    err = capsys.readouterr().err.strip()
+    assert code == 4
+    assert "preflight: an ordinary turn ended with an error frame" in err
+    assert "--provider-listen" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def own_provider(deployment: Deployment) -> Iterator[None]:
+    """The deployment's own provider, out of the harness's sight: an OpenAI-compatible server
+    on its provider port (the harness's fake one, in a thread of its own), whose first token
+    comes after a second, so the winner is still streaming while the losers arrive."""
+    import threading
+
+    import trio
+
+    from raceharness.shell.fake_provider import FakeProvider
+
+    stop = threading.Event()
+    ready = threading.Event()
+
+    async def serve() -> None:
+        provider = FakeProvider(first_token_delay_s=1.0)
+        provider.mode_for = lambda nonce: "slow-first"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(provider.serve, "127.0.0.1", deployment.provider_port)
+            ready.set()
+            while not stop.is_set():
+                await trio.sleep(0.05)  # polling a thread's flag: no trio event to await
+            nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_missing_evidence_is_unknown_never_valid(
+        deployment: Deployment, own_provider: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """No fake provider access and no DSN (the deployment calls a provider of its own): the
+    race runs, and every property that needed the missing evidence is unknown; the whole
+    verdict is inconclusive, never valid."""
     code, report = race(capsys, "--n", "10", "--seed", "4", "--target", deployment.url,
                         "--token", deployment.token, "--insecure")
     props = {k: v["verdict"] for k, v in report["properties"].items()}
