@@ -136,8 +136,7 @@ def own_provider(deployment: Deployment) -> Iterator[None]:
         async with trio.open_nursery() as nursery:
             await nursery.start(provider.serve, "127.0.0.1", deployment.provider_port)
             ready.set()
-            while not stop.is_set():
-                await trio.sleep(0.05)  # polling a thread's flag: no trio event to await
+            await trio.to_thread.run_sync(stop.wait)
             nursery.cancel_scope.cancel()
 
     thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
