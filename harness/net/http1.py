@@ -25,6 +25,7 @@ from typing import Any
 import h11
 import trio
 
+from raceharness.core.protocol import CONFLICT_HOLDER
 from raceharness.core.sse import SseParser, UiStream
 
 MAX_ERROR_BODY = 64 * 1024
@@ -40,6 +41,9 @@ class Endpoint:
     host: str
     port: int
     ssl_context: ssl.SSLContext | None = None
+    # The JSON field of an error body that names the holder's run id (the target profile's
+    # [conflict] holder; "": the target's conflict answer names none).
+    conflict_holder: str = CONFLICT_HOLDER
 
     @property
     def host_header(self) -> str:
@@ -60,6 +64,7 @@ class Response:
     stream: UiStream | None = None
     comments: int = 0
     error: str | None = None
+    holder_field: str = CONFLICT_HOLDER  # read into ``active_run_id`` ("": none is read)
 
     def summary(self) -> dict[str, Any]:
         """The completion value recorded in the history."""
@@ -73,7 +78,7 @@ class Response:
                          frames=list(s.types[:200]), error_text=s.error_text, pings=self.comments,
                          findings=[{"code": f.code, "message": f.message} for f in s.findings])
         elif self.status is not None:
-            value.update(_error_body_summary(bytes(self.body)))
+            value.update(_error_body_summary(bytes(self.body), self.holder_field))
         server_ns = arrival_ns(self.headers)
         if server_ns is not None:
             value["server_arrival_ns"] = server_ns
@@ -98,7 +103,10 @@ def arrival_ns(headers: dict[str, str]) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _error_body_summary(raw: bytes) -> dict[str, Any]:
+def _error_body_summary(raw: bytes, holder_field: str = CONFLICT_HOLDER) -> dict[str, Any]:
+    """An error body's ``code``, whether it was a JSON object, and the holder's run id read from
+    ``holder_field`` (recorded as ``active_run_id``; None when the field is ``""``, missing or
+    not a string)."""
     import json
 
     try:
@@ -108,7 +116,7 @@ def _error_body_summary(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         return {"json": False, "code": None, "active_run_id": None}
     code = body.get("code")
-    active = body.get("activeRunId")
+    active = body.get(holder_field) if holder_field else None
     return {"json": True, "code": code if isinstance(code, str) else None,
             "active_run_id": active if isinstance(active, str) else None,
             "message": str(body.get("message", ""))[:200]}
@@ -155,7 +163,7 @@ class Racer:
         self.sock: socket.socket | None = None
         self.stream: trio.abc.Stream | None = None
         self.sent_ns: int | None = None
-        self.response = Response()
+        self.response = Response(holder_field=endpoint.conflict_holder)
         self.answered = trio.Event()   # status known and (for a stream) the start frame seen
         self.finished = trio.Event()   # the response ended, or reading failed
 

@@ -95,7 +95,7 @@ class H2Stream:
         self.endpoint: Endpoint = conn.endpoint
         self.stream_id = stream_id
         self.sent_ns: int | None = None
-        self.response = Response()
+        self.response = Response(holder_field=conn.endpoint.conflict_holder)
         self.answered = trio.Event()
         self.finished = trio.Event()
         self.released = False  # its final frame was staged (or found unsendable)

@@ -1,7 +1,9 @@
 """Where and how to reach the system under test: URL, credentials and a *target profile*.
 
-The default profile speaks protocol.md. A deployment whose paths, auth header or conflict code
-differ is described by a TOML file, so it can be tested without code changes::
+The default profile speaks protocol.md. A deployment whose paths, auth header or conflict answer
+differ is described by a TOML file, so it can be tested without code changes. Every section and
+every field is optional (a missing one keeps the protocol's value); the complete profile, with
+the protocol's values::
 
     [paths]
     stream = "/api/ai-chat/stream"
@@ -14,14 +16,24 @@ differ is described by a TOML file, so it can be tested without code changes::
     header = "authorization"
     scheme = "Bearer"               # "" to send the token as the whole header value
 
-    [conflict]
-    status = 409
-    code = "A_RUN_ALREADY_ACTIVE"
+    [conflict]                      # the answer to a turn on a chat another run holds
+    status = 409                    # its HTTP status (4xx or 5xx; a 429 that is not this
+                                    # answer is read as a rate limit: undecided)
+    code = "A_RUN_ALREADY_ACTIVE"   # the JSON body's `code`; "" when there is no code to check
+    holder = "activeRunId"          # the JSON field naming the holder's run id; "" when the
+                                    # answer names no holder (race/losers-409 is then never
+                                    # valid: the holder part cannot be checked)
 
     [service]                       # what the deployment is configured with (optional; the
     provider_timeout_s = 300        # flags --provider-timeout, --lease, --heartbeat win):
     lease_s = 30                    # scenarios that rely on one run only when it is declared
     heartbeat_s = 5
+
+``[conflict]`` is what every checker recognises as a conflict (``race/losers-409``,
+``chats/*``, ``recovery/lease-reclaims``); the engine records it in each trial's meta
+(``conflict``, and ``conflict_holder_id: false`` when ``holder = ""``), and the racers read the
+holder's id from the ``holder`` field of an error body. With ``code`` and ``holder`` both ``""``
+the answer's body is not read at all (it need not be JSON).
 
 Errors name the file, the field and the value.
 """
@@ -35,6 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from raceharness.core.checks.base import CONFLICT_HOLDER, CONFLICT_STATUS, RUN_ALREADY_ACTIVE
 from raceharness.net.http1 import Endpoint
 
 
@@ -59,8 +72,15 @@ class Auth:
 
 @dataclass(frozen=True)
 class Conflict:
-    status: int = 409
-    code: str = "A_RUN_ALREADY_ACTIVE"
+    """The target's answer to a turn on a chat another run holds (protocol.md §2.3)."""
+
+    status: int = CONFLICT_STATUS
+    code: str = RUN_ALREADY_ACTIVE  # "": no code to check
+    holder: str = CONFLICT_HOLDER   # "": the answer names no holder
+
+    def meta(self) -> dict[str, Any]:
+        """What a trial's meta records of it (``core.checks.base.conflict_answer`` reads it)."""
+        return {"status": self.status, "code": self.code, "holder": self.holder}
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,9 @@ def load_profile(path: str | Path) -> Profile:
                                   f"{expected.__name__}, got {item!r}")
             if section == "paths" and item and not str(item).startswith("/"):
                 raise ConfigError(f"{where}: {section}.{key}: must start with '/', got {item!r}")
+            if section == "conflict" and key == "status" and not 400 <= item <= 599:
+                raise ConfigError(f"{where}: {section}.{key}: expected a 4xx or 5xx status, "
+                                  f"got {item!r}")
             updates[key] = item
         profile = replace(profile, **{section: replace(current, **updates)})
     return profile
@@ -150,7 +173,8 @@ class Target:
             if self.insecure:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-        return Endpoint(parts.scheme, parts.hostname, port, ctx)
+        return Endpoint(parts.scheme, parts.hostname, port, ctx,
+                        conflict_holder=self.profile.conflict.holder)
 
     @property
     def prefix(self) -> str:

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from raceharness.core.protocol import ACTIVE_STATUSES
 from raceharness.core.stats import percentiles
 from raceharness.soak.load import Req, Tally
 from raceharness.soak.plan import SCHEMA, SoakPlan
@@ -66,7 +67,7 @@ def soak_result(plan: SoakPlan, tally: Tally, db: dict[str, Any], ledger: Sequen
             "started": sum(by_status.values()),
             "by_status": by_status,
             "ended": sum(n for s, n in by_status.items()
-                         if s not in ("pending", "running")),
+                         if s not in ACTIVE_STATUSES),
             "reaped": db["reaped"],
             "aborted_by_reason": db["aborted_by_reason"],
             "by_action": {a: dict(sorted(c.items()))

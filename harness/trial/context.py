@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from raceharness.core.history import HistoryWriter, Op, OpType
+from raceharness.core.protocol import default_losers_fast_bound_ms
 from raceharness.net.http1 import Racer
 from raceharness.net.target import Target
 from raceharness.shell.fake_provider import FakeProvider
@@ -49,15 +50,6 @@ class RaceConfig:
     drain_timeout_s: float = 10.0
     provider_call_bound_s: float = 3.0  # start frame -> the winner's provider call
     connect_timeout_s: float = 10.0
-
-
-def default_losers_fast_bound_ms(n: int) -> float:
-    """race/losers-fast's default bound: 1 s (conformance §2), raised to 3 ms per request above
-    N=333, because a service answers a burst's rejections one after another and N=1000 of them
-    take longer than a second on a small machine (measured: p99 1.6 s on 2 cores against the
-    correct reference). A claim held open is still caught at any N: its losers are answered
-    only after the winner ended, which the property rejects whatever the bound."""
-    return max(1000.0, 3.0 * n)
 
 
 def losers_fast_bound_ms(config: RaceConfig) -> float:

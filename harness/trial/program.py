@@ -49,7 +49,12 @@ async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
         "sync": cfg.sync, "losers_fast_bound_ms": losers_fast_bound_ms(cfg),
         "stop_bound_ms": cfg.stop_bound_ms, "provider_access": ctx.provider is not None,
         "db_access": ctx.db is not None, "instances": len(ctx.targets),
+        # the target's answer to a turn on a held chat, as its profile says (the checkers'
+        # conflict answer); a holder field of "" means the answer cannot name the holder
+        "conflict": ctx.target.profile.conflict.meta(),
     }
+    if not ctx.target.profile.conflict.holder:
+        meta["conflict_holder_id"] = False
     ended = False
     try:
         trial = await _steps(ctx, scenario, shared, rec, meta)

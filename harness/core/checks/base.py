@@ -9,9 +9,12 @@ Evidence conventions (what the race engine records; the ops: ``turns`` and ``obs
 ---------------------------------------------------------------------------------------------
 - ``trial.meta``: ``n``, ``losers_fast_bound_ms`` (default 1000), ``stop_bound_ms`` (default
   2000), ``release_ns``; ``interrupted: true`` when the trial was cut off (set by the engine, or
-  by ``history.loads_trials`` for a trial that never said ``ended``); ``conflict_holder_id:
-  false`` when the target's 409 cannot name the holder (absent: the protocol's 409, which
-  carries ``activeRunId``). ``trial.provider``: the ledger or None; an entry with
+  by ``history.loads_trials`` for a trial that never said ``ended``); ``conflict: {status,
+  code, holder}``, the target's answer to a turn on a held chat (its profile's ``[conflict]``;
+  absent: the protocol's, 409 ``A_RUN_ALREADY_ACTIVE`` naming the holder in ``activeRunId``;
+  ``code`` / ``holder`` ``""``: no code to check / no holder named); ``conflict_holder_id:
+  false`` when the target's conflict answer cannot name the holder (the engine sets it with
+  ``holder = ""``). ``trial.provider``: the ledger or None; an entry with
   ``complete=False`` is a *contact* (a connection closed before a whole request, no nonce);
   ``trial.db``: snapshots or None.
 
@@ -23,22 +26,26 @@ Decisions
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from raceharness.core.history import Op
+from raceharness.core.protocol import (  # noqa: F401 - the checkers read them from here too
+    ACTIVE_STATUSES,
+    CONFLICT_HOLDER,
+    CONFLICT_STATUS,
+    DEFAULT_LOSERS_FAST_BOUND_MS,
+    DEFAULT_STOP_BOUND_MS,
+    FRAME_STATUS,
+    RUN_ALREADY_ACTIVE,
+    TERMINAL_FRAMES,
+)
 
 Verdict = Literal["valid", "invalid", "unknown"]
 VERDICTS: tuple[Verdict, ...] = ("valid", "invalid", "unknown")
-RUN_ALREADY_ACTIVE = "A_RUN_ALREADY_ACTIVE"
-ACTIVE_RUN_STATUSES = frozenset({"pending", "running"})
-ACTIVE = ("pending", "running")
-TERMINAL_FRAMES = frozenset({"finish", "error", "abort"})
-# protocol.md §3/§7: the terminal frame a stream ends with and the status its run is recorded with
-FRAME_STATUS = {"finish": "succeeded", "error": "failed", "abort": "aborted"}
-DEFAULT_LOSERS_FAST_BOUND_MS = 1000
-DEFAULT_STOP_BOUND_MS = 2000
+ACTIVE_RUN_STATUSES = frozenset(ACTIVE_STATUSES)
+ACTIVE = ACTIVE_STATUSES
 NS_PER_MS = 1_000_000
 _CITE_LIMIT = 8
 _LIST_LIMIT = 5
@@ -118,6 +125,44 @@ class _Where:
 
     def __str__(self) -> str:
         return f"op {self.op.index}: {self.key}"
+
+
+# -- the conflict answer ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConflictAnswer:
+    """The target's answer to a turn on a chat another run holds: protocol.md's by default."""
+
+    status: int = CONFLICT_STATUS
+    code: str = RUN_ALREADY_ACTIVE  # the JSON body's ``code``; "": no code to check
+    holder: str = CONFLICT_HOLDER   # the JSON field naming the holder's run id; "": none
+
+    @property
+    def json(self) -> bool:
+        """The answer carries something in a JSON body (a code or the holder)."""
+        return bool(self.code or self.holder)
+
+    def describe(self, *, json: bool = False) -> str:
+        """How a reason names it: ``409 A_RUN_ALREADY_ACTIVE``, ``423 CHAT_BUSY``, ``409``; with
+        ``json``, ``JSON `` first when the answer carries a JSON body."""
+        what = f"{self.status} {self.code}" if self.code else str(self.status)
+        return f"JSON {what}" if json and self.json else what
+
+
+def conflict_answer(meta: Mapping[str, Any]) -> ConflictAnswer:
+    """``meta.conflict`` read strictly; a missing table or field is the protocol's."""
+    table = meta.get("conflict")
+    if table is None:
+        return ConflictAnswer()
+    if not isinstance(table, Mapping):
+        raise TypeError(f"meta: conflict={table!r} is not a table")
+    default = ConflictAnswer()
+    status = _int(table.get("status", default.status), "meta: conflict.status")
+    code, holder = (table.get(key, getattr(default, key)) for key in ("code", "holder"))
+    for key, value in (("code", code), ("holder", holder)):
+        if not isinstance(value, str):
+            raise TypeError(f"meta: conflict.{key}={value!r} is not a string")
+    return ConflictAnswer(status, code, holder)
 
 
 # -- wording -------------------------------------------------------------------------------------

@@ -3,21 +3,31 @@
 
 Decisions
 ---------
-- ``chats/independent``: 409 is a false conflict, any other non-200 except 429 is ``invalid``
-  too; 429, info and fail are ``unknown``.
+- ``chats/independent``: the target's conflict status (``meta.conflict``; absent: 409) is a false
+  conflict, any other non-200 except a rate limit (429) is ``invalid`` too; a rate limit, info
+  and fail are ``unknown``.
+- ``chats/one-winner-each``: every racer but each chat's winner must get the target's conflict
+  answer (absent: a JSON 409 ``A_RUN_ALREADY_ACTIVE``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from raceharness.core.checks.base import RUN_ALREADY_ACTIVE, CheckResult, _cite, _listing
+from raceharness.core.checks.base import CheckResult, _cite, _listing, conflict_answer
 from raceharness.core.checks.registry import check
-from raceharness.core.checks.turns import Request, _json, _ops, _statuses, turns
+from raceharness.core.checks.turns import (
+    Request,
+    _conflict,
+    _ops,
+    _rate_limited,
+    _statuses,
+    turns,
+)
 from raceharness.core.history import Trial
 
 
-@check("chats/independent", scope="race", evidence=("racers",),
+@check("chats/independent", scope="race", evidence=("racers", "meta"),
        summary="turns on different chats never conflict")
 def chats_independent(trial: Trial) -> CheckResult:
     prop = "chats/independent"
@@ -26,28 +36,34 @@ def chats_independent(trial: Trial) -> CheckResult:
     if len(racers) < 2 or None in chats or len(set(chats)) != len(chats):
         return CheckResult(prop, "unknown", f"not a distinct-chat race: {len(racers)} racer(s) "
                            f"on {len(set(chats))} chat(s)")
-    conflicts = [r for r in racers if r.outcome == "ok" and r.status == 409]
+    answer = conflict_answer(trial.meta)
+    status = answer.status
+    conflicts = [r for r in racers
+                 if r.outcome == "ok" and r.status == status and not _rate_limited(r, answer)]
     if conflicts:
         return CheckResult(prop, "invalid", f"false conflict: {len(conflicts)} of {len(racers)} "
-                           f"turns on distinct chats got 409 ({_cite(_ops(conflicts))})",
+                           f"turns on distinct chats got {status} ({_cite(_ops(conflicts))})",
                            _ops(conflicts))
-    refused = [r for r in racers if r.outcome == "ok" and r.status not in (200, 429)]
+    refused = [r for r in racers
+               if r.outcome == "ok" and r.status != 200 and not _rate_limited(r, answer)]
     if refused:
         return CheckResult(prop, "invalid", f"{len(refused)} of {len(racers)} turns on distinct "
                            f"chats refused ({_statuses(refused)})", _ops(refused))
-    undecided = [r for r in racers if r.outcome != "ok" or r.status == 429]
+    undecided = [r for r in racers if r.outcome != "ok" or _rate_limited(r, answer)]
     if undecided:
         return CheckResult(prop, "unknown", f"{len(undecided)} of {len(racers)} turns undecided "
                            f"({_statuses(undecided)})", _ops(undecided))
     return CheckResult(prop, "valid", f"all {len(racers)} turns on distinct chats got 200")
 
 
-@check("chats/one-winner-each", scope="race", evidence=("racers",),
+@check("chats/one-winner-each", scope="race", evidence=("racers", "meta"),
        summary="several racers on each of several chats: one winner per chat")
 def chats_one_winner_each(trial: Trial) -> CheckResult:
     """Several simultaneous turns on each of several chats: per chat, exactly one tracked 200
-    and a JSON 409 A_RUN_ALREADY_ACTIVE for every other (contention stays per chat)."""
+    and the target's conflict answer (a JSON 409 A_RUN_ALREADY_ACTIVE by default) for every
+    other (contention stays per chat)."""
     prop = "chats/one-winner-each"
+    answer = conflict_answer(trial.meta)
     racers = turns(trial, "racer")
     by_chat: dict[Any, list[Request]] = {}
     for r in racers:
@@ -68,9 +84,9 @@ def chats_one_winner_each(trial: Trial) -> CheckResult:
         for r in rs:
             if r is winners[0]:
                 continue
-            if r.outcome != "ok" or r.status == 429:
+            if r.outcome != "ok" or _rate_limited(r, answer):
                 undecided.append(r)
-            elif not (r.status == 409 and _json(r) and r.code == RUN_ALREADY_ACTIVE):
+            elif not _conflict(r, answer):
                 problems.append(f"op {r.index}: {r.status} code={r.code}")
                 offending.append(r)
     if problems:
@@ -80,4 +96,4 @@ def chats_one_winner_each(trial: Trial) -> CheckResult:
         return CheckResult(prop, "unknown", f"{len(undecided)} of {len(racers)} turns undecided "
                            f"({_statuses(undecided)})", _ops(undecided))
     return CheckResult(prop, "valid", f"each of {len(by_chat)} chats had exactly one winner; "
-                       f"the other {len(racers) - len(by_chat)} turns got 409")
+                       f"the other {len(racers) - len(by_chat)} turns got {answer.status}")

@@ -7,12 +7,14 @@ Decisions
 - A racer "got 200" when status 200 was seen, on an ok *or* an info completion (headers came,
   the stream did not end): ``race/one-winner`` counts both.
 - ``race/overlap-achieved`` is never ``invalid``: a race that did not happen proves nothing.
-- ``race/losers-409``: ``activeRunId`` must name a known run of the chat (the ``run_id`` of any
-  200 turn on it, or a run an observation of it showed active); ``null`` is a violation while a
-  known run was active at the loser's answer, and allowed otherwise (the holder may have ended).
-  With ``meta.conflict_holder_id`` false the id is not checked and the property cannot be
-  ``valid``. No racer got 200 on a chat nothing held (no ``holder`` turn got 200, no observation
-  showed a run active): every 409 there is a false conflict.
+- ``race/losers-409``: every loser got the target's conflict answer (``meta.conflict``; absent:
+  the protocol's JSON 409 ``A_RUN_ALREADY_ACTIVE`` naming the holder in ``activeRunId``). The
+  holder it names must be a known run of the chat (the ``run_id`` of any 200 turn on it, or a
+  run an observation of it showed active); ``null`` is a violation while a known run was active
+  at the loser's answer, and allowed otherwise (the holder may have ended). With
+  ``meta.conflict_holder_id`` false or ``meta.conflict.holder`` ``""`` the id is not checked and
+  the property cannot be ``valid``. No racer got 200 on a chat nothing held (no ``holder`` turn
+  got 200, no observation showed a run active): every conflict answer there is a false conflict.
 - A racer whose request never reached the target (fail) makes the properties about it
   ``unknown``, never ``invalid``; a racer with no answer (info) is a hang: ``invalid`` for the
   loser properties, undecided for ``race/one-winner``.
@@ -28,20 +30,22 @@ from raceharness.core.checks.base import (
     ACTIVE_RUN_STATUSES,
     DEFAULT_LOSERS_FAST_BOUND_MS,
     NS_PER_MS,
-    RUN_ALREADY_ACTIVE,
     CheckResult,
     _cite,
     _int,
     _listing,
     _ms,
     _number,
+    conflict_answer,
 )
 from raceharness.core.checks.observations import observations
 from raceharness.core.checks.registry import check
 from raceharness.core.checks.turns import (
     Request,
+    _conflict,
     _json,
     _ops,
+    _rate_limited,
     _statuses,
     find_winner,
     losers,
@@ -80,7 +84,7 @@ def overlap_achieved(trial: Trial) -> CheckResult:
                        f"{winner.index}) was active; send spread {spread_ms:.3f} ms")
 
 
-@check("race/one-winner", scope="race", evidence=("racers",),
+@check("race/one-winner", scope="race", evidence=("racers", "meta"),
        summary="exactly one 200, with a run id")
 def one_winner(trial: Trial) -> CheckResult:
     prop = "race/one-winner"
@@ -97,7 +101,8 @@ def one_winner(trial: Trial) -> CheckResult:
             return CheckResult(prop, "invalid", f"op {win.index}: a 200 without runId is a "
                                "second, untracked winner", (win.index,))
         return CheckResult(prop, "valid", f"one winner: op {win.index}, run {win.run_id}")
-    undecided = [r for r in racers if r.outcome != "ok" or r.status == 429]
+    answer = conflict_answer(trial.meta)
+    undecided = [r for r in racers if r.outcome != "ok" or _rate_limited(r, answer)]
     if undecided:
         return CheckResult(prop, "unknown", f"no 200, and {len(undecided)} racer(s) undecided by "
                            f"info, fail or 429 ({_statuses(racers)})", _ops(undecided))
@@ -114,30 +119,31 @@ def losers_409(trial: Trial) -> CheckResult:
     lost = losers(racers, find_winner(racers))
     if not lost:
         return CheckResult(prop, "unknown", f"no losers among {len(racers)} racer(s)")
+    answer = conflict_answer(trial.meta)
     bad: list[Request] = []
     undecided: list[Request] = []
     conflicts: list[Request] = []
     for r in lost:
-        if r.outcome == "fail" or (r.outcome == "ok" and r.status == 429):
+        if r.outcome == "fail" or _rate_limited(r, answer):
             undecided.append(r)
-        elif r.outcome == "info" or not (
-                r.status == 409 and _json(r) and r.code == RUN_ALREADY_ACTIVE):
+        elif r.outcome == "info" or not _conflict(r, answer):
             bad.append(r)
         else:
             conflicts.append(r)
     if bad:
         what = [f"op {r.index}: no answer" if r.outcome == "info"
                 else f"op {r.index}: {r.status} code={r.code} json={_json(r)}" for r in bad]
-        return CheckResult(prop, "invalid", f"{len(bad)} of {len(lost)} losers not a JSON 409 "
-                           f"{RUN_ALREADY_ACTIVE}: {_listing(what)}", _ops(bad))
+        return CheckResult(prop, "invalid", f"{len(bad)} of {len(lost)} losers not a "
+                           f"{answer.describe(json=True)}: {_listing(what)}", _ops(bad))
     chats = [_chat_of(r) for r in conflicts]
     held = {chat: _held(trial, chat) for chat in set(chats)}  # 100,000 losers share a few
     false = [r for r, chat in zip(conflicts, chats, strict=True) if not held[chat]]
     if false:
         return CheckResult(prop, "invalid", f"no racer got 200 and nothing held the chat, yet "
-                           f"{len(false)} racer(s) got 409: false conflicts "
+                           f"{len(false)} racer(s) got {answer.status}: false conflicts "
                            f"({_cite(_ops(false))})", _ops(false))
-    named = trial.meta.get("conflict_holder_id") is not False
+    named = trial.meta.get("conflict_holder_id") is not False and bool(answer.holder)
+    holder_field = answer.holder or "holder"
     wrong: list[tuple[Request, str]] = []
     known = {chat: _known_runs(trial, chat) for chat in held} if named else {}
     tracked = _tracked_runs(trial)
@@ -148,23 +154,25 @@ def losers_409(trial: Trial) -> CheckResult:
             active = r.active_run_id  # the strict reader names the op
         if active is not None:
             if active not in known[chat]:
-                wrong.append((r, f"op {r.index}: activeRunId {active} names no run that held "
+                wrong.append((r, f"op {r.index}: {holder_field} {active} names no run that held "
                                  "the chat"))
         elif (holder := _active_at(trial, r, tracked.get(chat, ()))) is not None:
-            wrong.append((r, f"op {r.index}: activeRunId null while run {holder} was active"))
+            wrong.append((r, f"op {r.index}: {holder_field} null while run {holder} was active"))
     if wrong:
-        return CheckResult(prop, "invalid", f"{len(wrong)} of {len(lost)} losers' 409 named the "
-                           f"wrong holder (protocol §2.3/§2.5: the holder's id, null only once "
-                           f"it ended): {_listing([w for _, w in wrong])}",
+        return CheckResult(prop, "invalid", f"{len(wrong)} of {len(lost)} losers' "
+                           f"{answer.status} named the wrong holder (protocol §2.3/§2.5: the "
+                           f"holder's id, null only once it ended): "
+                           f"{_listing([w for _, w in wrong])}",
                            _ops(r for r, _ in wrong))
     if undecided:
         return CheckResult(prop, "unknown", f"{len(undecided)} of {len(lost)} losers got 429 or "
                            f"never reached the target ({_cite(_ops(undecided))})", _ops(undecided))
     if not named:
-        return CheckResult(prop, "unknown", f"all {len(lost)} losers got 409 "
-                           f"{RUN_ALREADY_ACTIVE}, but the target's conflict answer cannot name "
-                           "the holder (meta conflict_holder_id: false): activeRunId unchecked")
-    return CheckResult(prop, "valid", f"all {len(lost)} losers got 409 {RUN_ALREADY_ACTIVE} "
+        why = "meta conflict_holder_id: false" if answer.holder else 'meta conflict.holder: ""'
+        return CheckResult(prop, "unknown", f"all {len(lost)} losers got "
+                           f"{answer.describe()}, but the target's conflict answer cannot name "
+                           f"the holder ({why}): {holder_field} unchecked")
+    return CheckResult(prop, "valid", f"all {len(lost)} losers got {answer.describe()} "
                        "naming a run that held the chat")
 
 

@@ -12,7 +12,8 @@ Evidence conventions (recorded by ``program.py``):
   waited_ms}``, the last answer of a bounded wait for the chat to have no active run; a database
   snapshot labelled ``recovered`` may follow.
 - A dead owner (``kill-owner``, ``restart-service``, ``expire-lease``): ``turn`` ops with role
-  ``blocked`` were sent within the dead owner's lease; the ``run`` op with phase ``reclaimed``
+  ``blocked`` were sent within the dead owner's lease (each must get the target's conflict
+  status, ``meta.conflict.status``; absent: 409); the ``run`` op with phase ``reclaimed``
   is the chat's latest run after a wait bounded by three leases.
 - A disconnect storm (``disconnect-storm``): ``turn`` ops with role ``storm``, one per chat, whose
   clients dropped mid-way; a ``run`` op with phase ``storm`` per chat after it;
@@ -30,6 +31,7 @@ from raceharness.core.checks.base import (
     CheckResult,
     _int,
     _list,
+    conflict_answer,
 )
 from raceharness.core.checks.registry import check
 from raceharness.core.checks.turns import _winner_run_id, find_winner, turns
@@ -130,7 +132,8 @@ def outage_runs_settle(trial: Trial) -> CheckResult:
                        f"no run of the chat was active{in_flight}", (comp.index,))
 
 
-@check("recovery/lease-reclaims", scope="scenario", evidence=("racers", "turns", "runs"),
+@check("recovery/lease-reclaims", scope="scenario",
+       evidence=("racers", "turns", "runs", "meta"),
        summary="a dead owner's run holds the chat only until its lease expires")
 def lease_reclaims(trial: Trial) -> CheckResult:
     prop = "recovery/lease-reclaims"
@@ -138,10 +141,11 @@ def lease_reclaims(trial: Trial) -> CheckResult:
     if run_id is None:
         return CheckResult(prop, "unknown", "no run was live when its owner died")
     blocked = turns(trial, "blocked")
-    bad_block = [t for t in blocked if t.outcome == "ok" and t.status != 409]
+    conflict = conflict_answer(trial.meta).status
+    bad_block = [t for t in blocked if t.outcome == "ok" and t.status != conflict]
     if bad_block:
         return CheckResult(prop, "invalid", f"within the lease of the dead owner's run a new "
-                           f"turn got {bad_block[0].status}, not 409 (the chat must stay "
+                           f"turn got {bad_block[0].status}, not {conflict} (the chat must stay "
                            "blocked until the lease expires)", (bad_block[0].index,))
     if not any(t.outcome == "ok" for t in blocked):
         return CheckResult(prop, "unknown", "no turn within the lease got an answer",

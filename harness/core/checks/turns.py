@@ -10,7 +10,8 @@ Evidence conventions (what the race engine records)
   ``{status: int, code: str|None, json: bool, run_id, active_run_id, chat_id, headers_ns: int,
   end_ns: int|None, terminal: finish|error|abort|None, done: bool, frames: [type...],
   findings: [{code, message}...]}`` (``run_id`` / ``chat_id``: the start frame's ids;
-  ``active_run_id``: a 409's ``activeRunId``). ``info``: no answer within the phase bound (may
+  ``active_run_id``: the holder's run id in a conflict answer, read from the field the target
+  profile names, ``activeRunId`` by default). ``info``: no answer within the phase bound (may
   hold ``error`` and partial ``status``/``headers_ns``/``run_id``). ``fail``: the request never
   reached the target. An invoke with no completion counts as ``info``; a racer invoke without
   ``sent_ns`` was sent at the invoke's ``time_ns``.
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raceharness.core.checks.base import (
+    ConflictAnswer,
     _int,
     _list,
     _once,
@@ -39,6 +41,7 @@ from raceharness.core.checks.base import (
     _Where,
 )
 from raceharness.core.history import Op, Trial
+from raceharness.core.protocol import pick_winner
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class Request:
 
     @_once
     def active_run_id(self) -> str | None:
-        """A 409's ``activeRunId``."""
+        """The holder's run id a conflict answer named (its ``activeRunId`` by default)."""
         return _opt_str(self._answer("active_run_id"), self._where("active_run_id"))
 
     @_once
@@ -154,9 +157,10 @@ def turns(trial: Trial, role: str | None = None) -> list[Request]:
 
 
 def find_winner(racers: Iterable[Request]) -> Request | None:
-    oks = [r for r in racers if r.outcome == "ok" and r.got_200]
-    pool = [r for r in oks if r.run_id is not None] or oks
-    return min(pool, key=lambda r: (r.headers_ns, r.index)) if pool else None
+    """protocol.pick_winner over the racers that completed with a 200."""
+    return pick_winner(racers, won=lambda r: r.outcome == "ok" and r.got_200,
+                       tracked=lambda r: r.run_id is not None,
+                       order=lambda r: (r.headers_ns or 0, r.index))
 
 
 def losers(racers: Iterable[Request], winner: Request | None) -> list[Request]:
@@ -204,6 +208,21 @@ def winner_end_ns(trial: Trial, winner: Request) -> float:
 
 def _json(r: Request) -> bool:
     return r.completion is not None and r.completion.get("json") is True
+
+
+def _conflict(r: Request, answer: ConflictAnswer) -> bool:
+    """``r`` was answered the target's conflict answer: its status, a JSON body when the answer
+    carries one, and its code when there is one to check."""
+    return (r.status == answer.status and (not answer.json or _json(r))
+            and (not answer.code or r.code == answer.code))
+
+
+def _rate_limited(r: Request, answer: ConflictAnswer) -> bool:
+    """``r`` was answered 429, and that was not the target's conflict answer (a target may
+    answer a conflict with 429: then only a 429 that is not its conflict answer is a rate
+    limit)."""
+    return r.outcome == "ok" and r.status == 429 and not (
+        answer.status == 429 and _conflict(r, answer))
 
 
 def _statuses(reqs: Iterable[Request]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from raceharness.core.history import DbSnapshot, OpType
+from raceharness.core.protocol import ACTIVE_STATUSES
 from raceharness.core.scenario import Scenario, Step
 from raceharness.core.steps import SPECS
 from raceharness.net.http1 import Racer
@@ -27,7 +28,7 @@ from raceharness.trial.context import Recorder, TrialContext
 P_HOLDER, P_SETUP, P_RELEASED, P_STOP, P_OBSERVE, P_CLEANUP, P_PROBE = (
     10_000, 10_001, 10_002, 10_003, 10_004, 10_005, 10_100)
 P_DATABASE = 10_006
-ACTIVE = ("pending", "running")
+ACTIVE = ACTIVE_STATUSES
 
 log = logging.getLogger("raceharness.trial.program")  # one logger for the steps, as before
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from raceharness.core.protocol import pick_winner
 from raceharness.core.scenario import Step
 from raceharness.net.http1 import Racer, release_last_bytes
 from raceharness.net.http2 import Http2Unavailable, open_h2_burst
@@ -246,7 +247,7 @@ async def _send_whole_at(racer: Racer, deadline: float) -> None:
 
 
 def _first_winner(racers: list[Racer]) -> int | None:
-    won = winners(racers)
-    tracked = [i for i in won if stream_attr(racers[i], "run_id")]
-    pool = tracked or won
-    return min(pool, key=lambda i: racers[i].response.headers_ns or 0) if pool else None
+    """protocol.pick_winner over the racers answered 200 (the checkers' rule, live)."""
+    return pick_winner(winners(racers), won=lambda i: True,
+                       tracked=lambda i: bool(stream_attr(racers[i], "run_id")),
+                       order=lambda i: (racers[i].response.headers_ns or 0, i))

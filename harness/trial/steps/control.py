@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from raceharness.core.protocol import ACTIVE_STATUSES
 from raceharness.core.scenario import Step
 from raceharness.core.steps import Phase
 from raceharness.trial.context import whole_turn
@@ -176,7 +177,7 @@ async def database_up(p: Program, call: Step) -> None:
             except Exception:  # noqa: BLE001 - no answer yet: keep polling within the bound
                 status, runs = 0, None
             if status == 200 and runs is not None and not any(
-                    r.get("status") in ("pending", "running") for r in runs):
+                    r.get("status") in ACTIVE_STATUSES for r in runs):
                 break
             await trio.sleep(0.05)  # polling the service's own view: no event to wait on
     p.rec.add("ok" if status else "info", "runs", P_OBSERVE, None, {

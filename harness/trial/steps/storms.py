@@ -7,6 +7,7 @@ import time
 
 import trio
 
+from raceharness.core.protocol import ACTIVE_STATUSES
 from raceharness.core.scenario import Step
 from raceharness.core.steps import Phase
 from raceharness.trial.context import race_text
@@ -95,6 +96,6 @@ async def _called_or_idle(p: Program, nonce: str, chat_id: str) -> None:
             _, run, _ = await p.ctx.service.latest(chat_id)
         except Exception:  # noqa: BLE001 - no answer: keep polling within the bound
             run = {"status": "running"}
-        if run is None or run.get("status") not in ("pending", "running"):
+        if run is None or run.get("status") not in ACTIVE_STATUSES:
             return
         await trio.sleep(0.05)  # polling the service's own view: no event to wait on
