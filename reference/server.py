@@ -8,6 +8,11 @@ hypercorn speaks HTTP/2 on plain TCP with prior knowledge (h2c: a connection ope
 HTTP/2 preface is switched to HTTP/2; others stay HTTP/1.1) and, with a certificate, over TLS
 by ALPN (``h2``, ``http/1.1``). ``--h2-max-concurrent-streams`` sets the
 ``SETTINGS_MAX_CONCURRENT_STREAMS`` it announces (default 100).
+
+``python -m raceharness.reference`` exits 0 after a clean shutdown, 2 on a bad flag or setting
+(naming the variable or flag and the value), and 4 when the database at ``DATABASE_URL``
+cannot be reached at start-up: one line naming its host, port and database, never the
+password, instead of the lifespan's traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import psycopg
 import uvicorn
+from psycopg.conninfo import conninfo_to_dict
 
 from raceharness.reference.app import create_app
 from raceharness.reference.auth import ensure_user_sync
@@ -34,6 +41,50 @@ log = logging.getLogger("reference")
 
 SERVERS = ("uvicorn", "hypercorn")
 DEFAULT_H2_MAX_CONCURRENT_STREAMS = 100  # hypercorn's default
+EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 2, 4  # the harness's codes for the same cases
+CONNECT_TIMEOUT_S = 5
+
+
+class DatabaseUnreachable(Exception):
+    """The database at ``DATABASE_URL`` refused or did not answer (the message names where,
+    never the password)."""
+
+
+def describe_database(dsn: str) -> str:
+    """``host:port/dbname`` of a libpq DSN (URL or key=value), with libpq's defaults; no user,
+    no password. Raises ``SettingsError`` for a DSN libpq cannot parse."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        raise SettingsError("DATABASE_URL: not a valid libpq connection string") from None
+    host = parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST") or "localhost"
+    port = parts.get("port") or os.environ.get("PGPORT") or 5432
+    return f"{host}:{port}/{parts.get('dbname') or os.environ.get('PGDATABASE') or '(default)'}"
+
+
+def check_database(dsn: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Connect once, so that an unreachable database stops the start-up with one line
+    (``DatabaseUnreachable``) rather than a traceback from the lifespan."""
+    where = describe_database(dsn)
+    try:
+        with psycopg.connect(dsn, connect_timeout=max(1, round(timeout_s))):
+            pass
+    except psycopg.Error as exc:
+        raise DatabaseUnreachable(f"cannot reach the database at {where} (DATABASE_URL): "
+                                  f"{_reason(exc, dsn)}") from None
+
+
+def _reason(exc: BaseException, dsn: str) -> str:
+    """libpq's reason on one line ("Connection refused"), without the host and port it
+    repeats and without the password, should libpq ever quote it."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    line = line.rsplit(" failed: ", 1)[-1].strip() or line
+    try:
+        password = str(conninfo_to_dict(dsn).get("password") or "")
+    except psycopg.Error:
+        password = ""
+    return line.replace(password, "***") if password else line
 
 
 class ReferenceServer(uvicorn.Server):
@@ -156,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raceharness.reference", description=(
         "Serve the reference AI-chat server. Settings come from the environment "
         "(DATABASE_URL, PROVIDER_BASE_URL, PROVIDER_API_KEY, AUTONOMOUS_RUNS, REFERENCE_FAULTS, "
-        "HEARTBEAT_INTERVAL_S, LEASE_S, ..., and REFERENCE_SERVER for --server)."))
+        "HEARTBEAT_INTERVAL_S, LEASE_S, ..., and REFERENCE_SERVER for --server)."), epilog=(
+        "Exit codes: 0 stopped cleanly, 2 a bad flag or setting, 4 the database at "
+        "DATABASE_URL unreachable at start-up (one line naming host, port and database)."))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--fault", action="append", default=[], metavar="NAME",
@@ -199,15 +252,28 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     tokens = [*args.token, *filter(None, os.environ.get("REFERENCE_TOKENS", "").split(","))]
-    if tokens:
-        apply_schema_sync(settings.database_url, settings.faults)
-        for i, token in enumerate(tokens):
-            ensure_user_sync(settings.database_url, f"user{i}", token)
+    try:
+        check_database(settings.database_url)
+        if tokens:
+            apply_schema_sync(settings.database_url, settings.faults)
+            for i, token in enumerate(tokens):
+                ensure_user_sync(settings.database_url, f"user{i}", token)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatabaseUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except psycopg.OperationalError as exc:  # it went away between the check and the set-up
+        print(f"error: the database at {describe_database(settings.database_url)} "
+              f"(DATABASE_URL) failed during set-up: {_reason(exc, settings.database_url)}",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
     if server == "hypercorn":
         run_hypercorn(settings, args.host, args.port, ssl_certfile=args.ssl_certfile,
                       ssl_keyfile=args.ssl_keyfile,
                       h2_max_concurrent_streams=streams or DEFAULT_H2_MAX_CONCURRENT_STREAMS)
-        return 0
+        return EXIT_OK
     build_server(settings, args.host, args.port, ssl_certfile=args.ssl_certfile,
                  ssl_keyfile=args.ssl_keyfile).run()
-    return 0
+    return EXIT_OK

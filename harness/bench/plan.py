@@ -51,8 +51,11 @@ QUICK = Plan(sync_ns=(2, 10, 50), sync_trials=3, sync_trials_large=1, detection_
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a short run (N up to 50, K=10 detection trials, N=200 scale)")
-    parser.add_argument("--out", metavar="DIR", default="reports/bench",
-                        help="write bench.json and bench.md here (default reports/bench)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="write bench.json and bench.md here (default: a new folder "
+                             "bench-results/<UTC time>/ in the current directory, so no run "
+                             "overwrites another; the committed figures are regenerated with "
+                             "--out reports/bench)")
     parser.add_argument("--sections", metavar="LIST", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
     parser.add_argument("--trials", type=int, metavar="K",

@@ -1,6 +1,7 @@
 """``harness bench``'s results (JSON + Markdown): ``bench.json`` and ``bench.md`` written
-side by side, the Markdown tables with the bars beside the figures, and the sections of an
-earlier run kept when only some are rerun (``--sections``)."""
+side by side, the Markdown tables with the bars beside the figures, where the figures came from
+(``provenance``, one line under the machine), and the sections of an earlier run kept when only
+some are rerun (``--sections``), each with when it was measured and its own provenance."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from raceharness.bench.plan import BARS, BENCH_SCHEMA, SECTIONS
 from raceharness.core.stats import wilson_interval
+from raceharness.shell.provenance import provenance_markdown
 
 
 def previous_results(out: Path, result: dict[str, Any]) -> dict[str, Any] | None:
@@ -31,6 +33,8 @@ def merge_sections(result: dict[str, Any], previous: dict[str, Any]) -> None:
     for name, section in (previous.get("sections") or {}).items():
         if name in SECTIONS and name not in result["sections"]:
             section.setdefault("measured", previous.get("started"))
+            if previous.get("provenance") is not None:
+                section.setdefault("provenance", previous["provenance"])
             result["sections"][name] = section
 
 
@@ -65,6 +69,15 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"{m.get('platform')}. Seed {result['seed']}"
              f"{' (--quick)' if result.get('quick') else ''}."
              + (" **Interrupted: partial figures.**" if result.get("interrupted") else ""), ""]
+    provenance = provenance_markdown(result.get("provenance"))
+    if provenance:
+        lines += [provenance, ""]
+    kept = {name: section["provenance"] for name, section in result["sections"].items()
+            if isinstance(section, dict) and section.get("provenance") is not None
+            and section["provenance"] != result.get("provenance")}
+    for name, earlier in kept.items():
+        lines += [f"Section {name} kept from an earlier run: "
+                  + provenance_markdown(earlier).removeprefix("Provenance: "), ""]
     s = result["sections"]
     if "sync" in s:
         lines += ["## Synchronisation (medians over trials; ratio to naive on the same server)",

@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measure synchronisation, detection power, service figures and scale",
         description="Benchmark the harness against the embedded reference: release and "
                     "server-observed arrival spread per sync mode, detection power, service "
-                    "latency, wall time and scale. Writes JSON + Markdown (default "
-                    "reports/bench/). About 15 minutes on 2 cores; --quick about 2. Exit "
+                    "latency, wall time and scale. Writes JSON + Markdown (default a new "
+                    "bench-results/<UTC time>/; see --out). About 15 minutes on 2 cores; "
+                    "--quick about 2. Exit "
                     "codes: 0 written, 2 usage error, 4 environment unreachable, 130 "
                     "interrupted (the figures so far are written)."))
     add_soak_arguments(sub.add_parser(
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mixed load (bursts, distinct chats, stops, disconnects, provider errors, "
                     "one instance restart) against the embedded reference; then runs by "
                     "status, conflicts, reaps, provider calls, and the two numbers that must "
-                    "be zero. Writes JSON + Markdown (default reports/soak/)."))
+                    "be zero. Writes JSON + Markdown (default a new soak-results/<UTC "
+                    "time>/; see --out)."))
     check = sub.add_parser("check", help="re-run the checkers on a saved history, offline",
                            description="Re-check a history.jsonl written by `harness race "
                                        "--report DIR`; prints the verdict table and exits with "

@@ -6,6 +6,10 @@ reference with that fault switched on. The result is a fault × property matrix;
 *caught* when at least one of the properties expected to catch it is invalid (any invalid
 property counts as detection, and the matrix shows which did). A fault not caught is a hole in
 the harness: the command exits 1.
+
+``matrix.json`` (``raceharness/matrix/v1``) says where it came from in ``provenance``
+(:mod:`raceharness.shell.provenance`: commit, date, each row's seed, machine), and
+``matrix.md`` repeats it in one line.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from raceharness.core.report import paint
 from raceharness.core.scenario import catalogue
 from raceharness.runtime import UsageError, use_colour
+from raceharness.shell.provenance import build_provenance, provenance_markdown
 from raceharness.trial.suite import RaceOptions, run_scenarios
 
 # conformance.md §4: fault -> (the scenarios that catch it, the properties expected to).
@@ -62,16 +67,18 @@ async def run_matrix(opts: RaceOptions, faults: list[str], fault_trials: int,
     if opts.target is not None:
         raise UsageError("--faults needs the embedded reference (no --target)")
     scenarios = catalogue()
+    started = build_provenance({})  # the code and the date at the start of the run
     correct = await run_scenarios(replace(opts, faults=()), list(scenarios.values()))
     rows: dict[str, dict[str, Any]] = {"(correct)": _row(correct.report, ())}
+    seeds = {"(correct)": correct.report["config"].get("seed")}
     for fault in faults:
         names, expected = FAULT_CATCHERS[fault]
         trials = fault_trials if fault in RACY else 1
         outcome = await run_scenarios(replace(opts, faults=(fault,), trials=trials),
                                       [scenarios[n] for n in names])
         rows[fault] = _row(outcome.report, expected)
-    matrix = {"schema": "raceharness/matrix/v1", "rows": rows,
-              "ok": _ok(rows), "expected": {f: list(FAULT_CATCHERS[f][1]) for f in faults}}
+        seeds[fault] = outcome.report["config"].get("seed")
+    matrix = build_matrix(rows, faults, {**started, "seeds": seeds})
     text = render_matrix_markdown(matrix)
     if out_dir is not None:
         write_matrix(out_dir, matrix, text)
@@ -82,6 +89,15 @@ async def run_matrix(opts: RaceOptions, faults: list[str], fault_trials: int,
         if out_dir is not None:
             print(f"the full fault x property table: {out_dir / 'matrix.md'}")
     return 0 if matrix["ok"] else 1
+
+
+def build_matrix(rows: dict[str, dict[str, Any]], faults: list[str],
+                 provenance: dict[str, Any]) -> dict[str, Any]:
+    """``matrix.json``: the rows, whether every fault was caught on a clean reference, the
+    properties expected to catch each fault, and where the result came from."""
+    return {"schema": "raceharness/matrix/v1", "rows": rows, "ok": _ok(rows),
+            "expected": {f: list(FAULT_CATCHERS[f][1]) for f in faults},
+            "provenance": provenance}
 
 
 def render_matrix_console(matrix: dict[str, Any], colour: bool = False) -> str:
@@ -171,4 +187,7 @@ def render_matrix_markdown(matrix: dict[str, Any]) -> str:
     result = ("every fault caught, the correct reference clean" if matrix["ok"]
               else "NOT OK: see the rows above")
     lines += ["", f"Result: {result}", ""]
+    provenance = provenance_markdown(matrix.get("provenance"))
+    if provenance:
+        lines += [provenance, ""]
     return "\n".join(lines)

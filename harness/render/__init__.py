@@ -45,7 +45,7 @@ def write_reports(out_dir: Path, report: Mapping[str, Any], trials: Sequence[Tri
     paths by format. When ``env`` (default ``os.environ``) names a ``GITHUB_STEP_SUMMARY``
     file, the Markdown summary is appended to it too."""
     environ = os.environ if env is None else env
-    texts = {"json": render_json(report), "junit": render_junit(report),
+    texts = {"json": render_json(report), "junit": render_junit(report, trials),
              "markdown": render_markdown(report), "html": render_html(report, trials)}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}

@@ -4,7 +4,10 @@ Self-contained means no request of any kind when opened: inline CSS, inline SVG,
 font, image or link by URL; a Content-Security-Policy of ``default-src 'none'`` makes the
 browser refuse any that slipped in. Drawn: the first :data:`FIRST_TRIALS` trials and every
 invalid one, at most :data:`MAX_DRAWN` in all (the others are in the trials table). Every string
-from the report or the history is escaped (:func:`.timeline.esc`).
+from the report or the history is escaped (:func:`.timeline.esc`). A value the report does not
+hold is shown as "—" (a racer without an answer, counted under the status ``"None"``, as "no
+answer"), never as "None"; a property's offending ops follow its reason only when the reason
+does not list them already.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from raceharness.core.checks.turns import find_winner, turns
 from raceharness.core.history import Trial
-from raceharness.render.text import ms, ops_text, setting, verdict_word
+from raceharness.render.text import ms, ops_note, setting, verdict_word
 from raceharness.render.timeline import STATUS_COLOURS, build_timeline, esc, render_svg
 
 FIRST_TRIALS = 20
@@ -44,8 +47,21 @@ stroke-dasharray:5 3}svg .life{stroke:#9e9e9e;stroke-width:1.5}svg .sent{stroke:
 stroke-width:1.5}svg .frame{fill:#fff;stroke-width:1.5}svg .end{fill:#424242}
 svg .call rect,svg .call circle{fill:#7b1fa2}svg .calls{font-size:10px;fill:#7b1fa2}
 svg .call .disconnect{stroke:#c62828;stroke-width:2}svg .call .complete{stroke:#7b1fa2;
-stroke-width:2}
+stroke-width:2}svg .compressed{fill:#9e9e9e;fill-opacity:.12}svg .break rect{fill:#fff}
+svg .break path{stroke:#555;stroke-width:1.5;fill:none}
 """
+
+
+def _statuses(statuses: Any) -> str:
+    """``{"200": 1, "409": 2, "None": 1}`` as "200×1, 409×2, no answer×1"."""
+    if not isinstance(statuses, dict):
+        return ""
+    return ", ".join(f"{'no answer' if k in (None, 'None') else k}×{v}"
+                     for k, v in statuses.items())
+
+
+def _reproduce(line: Any) -> str:
+    return f"<pre>{esc(line)}</pre>" if line else ""
 
 
 def _verdict(value: Any) -> str:
@@ -81,7 +97,7 @@ def _trials_table(summaries: Sequence[Mapping[str, Any]]) -> str:
             "<th>winners</th><th>release spread</th><th>arrival spread</th>"
             "<th>not valid</th></tr>"]
     for s in summaries[:MAX_TABLE_ROWS]:
-        statuses = ", ".join(f"{k}×{v}" for k, v in (s.get("statuses") or {}).items())
+        statuses = _statuses(s.get("statuses"))
         bad = ", ".join(f"{name} ({p.get('verdict')})"
                         for name, p in (s.get("properties") or {}).items()
                         if p.get("verdict") != "valid")
@@ -134,9 +150,13 @@ def _trial_section(report: Mapping[str, Any], s: Mapping[str, Any], trial: Trial
                    is_open: bool) -> str:
     props = s.get("properties") or {}
     verdict = s.get("verdict")
-    items = [f"<li>{_verdict(p.get('verdict'))} <code>{esc(name)}</code>: {esc(p.get('reason'))}"
-             f" <span class=muted>({esc(ops_text(p.get('ops')))})</span></li>"
-             for name, p in props.items() if p.get("verdict") != "valid"]
+    items = []
+    for name, p in props.items():
+        if p.get("verdict") != "valid":
+            note = ops_note(p.get("reason"), p.get("ops"))
+            items.append(f"<li>{_verdict(p.get('verdict'))} <code>{esc(name)}</code>: "
+                         f"{esc(p.get('reason'))}"
+                         + (f" <span class=muted>({esc(note)})</span>" if note else "") + "</li>")
     valid = [name for name, p in props.items() if p.get("verdict") == "valid"]
     if valid:
         items.append(f"<li>{_verdict('valid')}: {esc(', '.join(valid))}</li>")
@@ -149,7 +169,7 @@ def _trial_section(report: Mapping[str, Any], s: Mapping[str, Any], trial: Trial
         hidden = (f'<p class="muted">{timeline.hidden} racer lanes not drawn (neither offending '
                   "nor the winner).</p>") if timeline.hidden else ""
         drawing = f'<div id="timeline-{esc(s.get("trial"))}">{render_svg(timeline)}</div>{hidden}'
-    statuses = ", ".join(f"{k}×{v}" for k, v in (s.get("statuses") or {}).items())
+    statuses = _statuses(s.get("statuses"))
     scenario = f" · {esc(s['scenario'])}" if s.get("scenario") else ""
     return (f'<details id="trial-{esc(s.get("trial"))}"{" open" if is_open else ""}>'
             f'<summary>Trial {esc(s.get("trial"))}{scenario}'
@@ -158,7 +178,7 @@ def _trial_section(report: Mapping[str, Any], s: Mapping[str, Any], trial: Trial
             f"spread {esc(ms(s.get('release_spread_ms')))}; server arrival spread "
             f"{esc(ms(s.get('server_arrival_spread_ms')))}.</p>"
             f'<ul class="props">{"".join(items)}</ul>'
-            f"<pre>{esc(s.get('reproduce') or report.get('reproduce'))}</pre>{drawing}</details>")
+            f"{_reproduce(s.get('reproduce') or report.get('reproduce'))}{drawing}</details>")
 
 
 def _drawn(summaries: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -201,12 +221,14 @@ def render_html(report: Mapping[str, Any], trials: Sequence[Trial]) -> str:
         f"faults {esc(faults)}.</p>",
         f"<p>Release spread median {esc(ms(spread.get('median')))}, max "
         f"{esc(ms(spread.get('max')))}{arrival_line}.</p>",
-        f"<pre>{esc(report.get('reproduce'))}</pre>",
+        _reproduce(report.get("reproduce")),
         "<h2>Properties</h2>", _property_table(report), _scenario_table(report),
         "<h2>Trials</h2>", _trials_table(summaries),
         "<h2>Timelines</h2>", _legend(),
-        '<p class="muted">Times in ms from the release (the last bytes sent). Hover a mark or a '
-        "lane label for the op's details; red lanes are cited by an invalid property.</p>",
+        '<p class="muted">Times in ms from the release (the last bytes sent). The racers\' span '
+        "gets most of the width; what comes before and after it is drawn compressed (shaded, "
+        "with a break on the axis) when it would take more. Hover a mark or a lane label for "
+        "the op's details; red lanes are cited by an invalid property.</p>",
         *sections,
         f'<p class="muted">{undrawn} trials not drawn (only the first {FIRST_TRIALS} and the '
         f"invalid ones, at most {MAX_DRAWN}).</p>" if undrawn > 0 else "",

@@ -2,7 +2,10 @@
 
 A status word headline (PASSED / FAILED / INCONCLUSIVE, no emoji), the property table, the
 release and server-arrival spreads, the first failing trial with its failing properties and its
-reproduce line, a capped list of the other failing trials, and the configuration line.
+reproduce line, a capped list of the other failing trials, the configuration line, and the
+run's reproduce line — left out after a failure when it is the first failing trial's line, so
+one command is never shown twice. A failing property's offending ops are added after its reason
+only when the reason does not list them already (:func:`.text.ops_note`).
 
 Markdown renders inline HTML, images and (on GitHub) math, so every string from the report is
 escaped: ``&``, ``<`` and ``>`` become entities (no tag can start), the punctuation that can
@@ -18,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from raceharness.render.text import clean, ms, one_line, ops_text, setting, verdict_word
+from raceharness.render.text import clean, ms, one_line, ops_note, setting, verdict_word
 
 MAX_BYTES = 256 * 1024
 REASON_LIMIT = 400        # characters of a reason
@@ -107,8 +110,10 @@ def _first_failure(report: Mapping[str, Any], failing: list[Mapping[str, Any]]) 
              f"(seed {md(first.get('seed'))})", ""]
     for name, p in (first.get("properties") or {}).items():
         if p.get("verdict") == "invalid":
-            lines.append(f"- **{md(name)}**: {md(p.get('reason'))} ({md(ops_text(p.get('ops')))})")
-    lines += ["", "Reproduce:", "", fenced(str(first.get("reproduce") or report.get("reproduce")))]
+            note = ops_note(p.get("reason"), p.get("ops"))
+            lines.append(f"- **{md(name)}**: {md(p.get('reason'))}"
+                         + (f" ({md(note)})" if note else ""))
+    lines += ["", "Reproduce:", "", fenced(_first_reproduce(report, failing))]
     rest = failing[1:]
     if rest:
         shown = ", ".join(f"{md(t.get('trial'))} (seed {md(t.get('seed'))})"
@@ -116,6 +121,10 @@ def _first_failure(report: Mapping[str, Any], failing: list[Mapping[str, Any]]) 
         more = f", and {len(rest) - LISTED_FAILURES} more" if len(rest) > LISTED_FAILURES else ""
         lines += ["", f"Other failing trials: {shown}{more}."]
     return lines
+
+
+def _first_reproduce(report: Mapping[str, Any], failing: list[Mapping[str, Any]]) -> str:
+    return str(failing[0].get("reproduce") or report.get("reproduce") or "")
 
 
 def _config_line(report: Mapping[str, Any]) -> str:
@@ -140,8 +149,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
              *_scenario_table(report), *_not_tested(report), "", *_spreads(report)]
     if failing:
         lines += _first_failure(report, failing)
-    lines += ["", _config_line(report), "", "Reproduce the run:", "",
-              fenced(str(report.get("reproduce") or ""))]
+    lines += ["", _config_line(report)]
+    run_line = str(report.get("reproduce") or "")
+    if run_line and not (failing and run_line == _first_reproduce(report, failing)):
+        lines += ["", "Reproduce the run:", "", fenced(run_line)]
     text = "\n".join(lines) + "\n"
     return _capped(text)
 

@@ -50,6 +50,11 @@ def verdict_word(verdict: Any) -> str:
         str(verdict), "INCONCLUSIVE")
 
 
+def shown(value: Any) -> str:
+    """A value for a reader: a missing one (``None``) is "—", never the word "None"."""
+    return "—" if value is None else clean(value)
+
+
 def ops_text(ops: Any, limit: int = 20) -> str:
     """Offending op indices, e.g. "ops 5, 6" ("no op cited" when none; past ``limit``,
     "ops 1, 2, … (40 in all)")."""
@@ -58,3 +63,26 @@ def ops_text(ops: Any, limit: int = 20) -> str:
         return "no op cited"
     more = f", … ({len(indices)} in all)" if len(indices) > limit else ""
     return f"op{'s' if len(indices) != 1 else ''} {', '.join(indices[:limit])}{more}"
+
+
+# "op 5", "ops 3, 5" and "ops 1, 2, … (40 in all)" as the checkers write them (checks/base.py)
+_CITED = re.compile(r"\bops? (\d+(?:, \d+)*)")
+
+
+def cited_ops(text: Any) -> set[int]:
+    """The op indices a reason already names ("op 5: …", "ops 3, 5", "call 2 ← op 7")."""
+    return {int(i) for m in _CITED.finditer(clean(text)) for i in m.group(1).split(", ")}
+
+
+def ops_note(reason: Any, ops: Any, limit: int = 20) -> str:
+    """The offending ops a reason does not already list, so each op list is shown once: ""
+    when the reason names them all, "ops 5, 6" when it names none, "other op 9" when it
+    names some, and "no op cited" when there are none."""
+    indices = [i for i in ops if isinstance(i, int)] if isinstance(ops, list | tuple) else []
+    if not indices:
+        return "no op cited"
+    named = cited_ops(reason)
+    rest = [i for i in indices if i not in named]
+    if not rest:
+        return ""
+    return ops_text(rest, limit) if len(rest) == len(indices) else f"other {ops_text(rest, limit)}"

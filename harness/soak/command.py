@@ -1,5 +1,8 @@
-"""``harness soak`` from flags to exit code: the output folder checked before anything runs,
-the seed, the run, the results written, and the exit code (``raceharness.runtime``)."""
+"""``harness soak`` from flags to exit code: the output folder checked before anything runs
+(``--out``, else a new ``soak-results/<UTC time>/`` in the current directory: never over an
+earlier run nor the committed ``reports/soak``), the seed, the run, the results written with
+where they came from (``provenance``: commit, date, seed, machine), and the exit code
+(``raceharness.runtime``)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from raceharness.runtime import (
     single_error,
 )
 from raceharness.runtime import EXIT_INVALID as EXIT_NOT_OK
+from raceharness.shell.provenance import build_provenance, fresh_results_folder
 from raceharness.soak.plan import SoakPlan
 from raceharness.soak.render import console_summary, write_results
 from raceharness.soak.run import Soak
@@ -28,17 +32,20 @@ from raceharness.stack.postgres import PostgresUnavailable
 
 
 def run_soak_command(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.out) if args.out else fresh_results_folder("soak")
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):
             raise PermissionError("not writable")
     except OSError as exc:
-        print(f"harness soak: --out {args.out}: cannot write there: "
+        what = f"--out {args.out}" if args.out else str(out)
+        print(f"harness soak: {what}: cannot write there: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     soak = Soak(SoakPlan.from_args(args, int(seed)))
+    provenance = build_provenance({"soak": int(seed)})  # the code and the date at the start
+    print(f"harness soak: results go to {out}", file=sys.stderr)
     try:
         try:
             result = trio.run(soak.main)
@@ -61,6 +68,7 @@ def run_soak_command(args: argparse.Namespace) -> int:
         print(f"harness soak: interrupted ({soak.interrupt.signal}) before the load started; "
               "nothing to report", file=sys.stderr)
         return EXIT_INTERRUPTED
+    result["provenance"] = provenance
     write_results(out, result)
     print(console_summary(result))
     print(f"written: {out / 'soak.json'}, {out / 'soak.md'}")

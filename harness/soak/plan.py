@@ -52,8 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``harness soak``."""
     parser.add_argument("--duration", type=_bounded(MIN_DURATION_S, 86400), default=600.0,
                         metavar="SECONDS", help="seconds of load (default 600; at least 5)")
-    parser.add_argument("--out", default="reports/soak", metavar="DIR",
-                        help="write soak.json and soak.md here (default reports/soak)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write soak.json and soak.md here (default: a new folder "
+                             "soak-results/<UTC time>/ in the current directory, so no run "
+                             "overwrites another; the committed results are regenerated with "
+                             "--out reports/soak)")
     parser.add_argument("--seed", type=_bounded(0, 2**63 - 1, integer=True),
                         help="seed of the workers' choices (default: random, printed)")
     parser.add_argument("--instances", type=_bounded(1, 8, integer=True), default=2,

@@ -1,11 +1,13 @@
 """The soak's results: ``soak.json``, ``soak.md`` (one table of the totals, the reproduce
-line, the crashes) and the same table on the console."""
+line, where the result came from, the crashes) and the same table on the console."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from raceharness.shell.provenance import provenance_markdown
 
 
 def write_results(out: Path, result: dict[str, Any]) -> None:
@@ -73,6 +75,9 @@ def render_markdown(result: dict[str, Any]) -> str:
              "provider's ledger.", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in _rows(result)]
     lines += ["", f"Reproduce: `{result['config']['reproduce']}`", ""]
+    provenance = provenance_markdown(result.get("provenance"))
+    if provenance:
+        lines += [provenance, ""]
     if result["crashes"]:
         lines += ["Crashes:", "", *[f"- {c}" for c in result["crashes"]], ""]
     return "\n".join(lines)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import shlex
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
@@ -76,7 +79,29 @@ def prepare_database(cluster: PostgresCluster, own_cluster: bool, faults: frozen
     return dsn
 
 
-async def _serve(opts: ServeOptions, dsn: str, token: str, provider_url: str) -> None:
+TOKEN_VARIABLE = "HARNESS_TOKEN"  # what the harness's --token reads by default
+TRY_BODY = '{"messages":[{"role":"user","parts":[{"type":"text","text":"hi"}]}]}'
+
+
+def try_hint(url: str, token: str, generated: bool,
+             environ: Mapping[str, str] | None = None) -> list[str]:
+    """The lines that show how to call the server by hand. The curl line reads the token from
+    ``$HARNESS_TOKEN``, the variable ``--token`` (here and on ``harness race --target``)
+    defaults to. A generated token is exported first; a token given with ``--token`` is never
+    printed, so the hint says to set the variable to it, unless the shell already holds it."""
+    env = os.environ if environ is None else environ
+    lines = ["try:"]
+    if generated:
+        lines.append(f"  export {TOKEN_VARIABLE}={shlex.quote(token)}   # the generated token")
+    elif env.get(TOKEN_VARIABLE) != token:
+        lines.append(f"  # set {TOKEN_VARIABLE} to the token given with --token (not printed)")
+    lines.append(f'  curl -N -H "Authorization: Bearer ${TOKEN_VARIABLE}" '
+                 f"-H 'content-type: application/json' -d '{TRY_BODY}' {url}/api/ai-chat/stream")
+    return lines
+
+
+async def _serve(opts: ServeOptions, dsn: str, token: str, provider_url: str,
+                 generated: bool = False) -> None:
     settings = Settings(database_url=dsn, provider_base_url=provider_url,
                         autonomous_runs=opts.autonomous_runs, faults=opts.faults,
                         lease_s=opts.lease_s, heartbeat_interval_s=opts.heartbeat_interval_s,
@@ -92,10 +117,8 @@ async def _serve(opts: ServeOptions, dsn: str, token: str, provider_url: str) ->
               flush=True)
         if opts.faults:
             print(f"FAULTS ENABLED: {', '.join(sorted(f.value for f in opts.faults))}", flush=True)
-        print("try:", flush=True)
-        print(f"  curl -N -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' "
-              f"-d '{{\"messages\":[{{\"role\":\"user\",\"parts\":[{{\"type\":\"text\","
-              f"\"text\":\"hi\"}}]}}]}}' {url}/api/ai-chat/stream", flush=True)
+        for line in try_hint(url, token, generated):
+            print(line, flush=True)
         print("Ctrl-C stops it and removes everything it started.", flush=True)
 
     announcer = asyncio.create_task(announce())
@@ -107,16 +130,18 @@ async def _serve(opts: ServeOptions, dsn: str, token: str, provider_url: str) ->
 
 def serve_reference(opts: ServeOptions) -> int:
     token = opts.token
+    generated = token is None
     if token is None:
         token = secrets.token_urlsafe(18)
-        print(f"generated bearer token: {token}", flush=True)
+        print(f"bearer token (generated, since neither --token nor {TOKEN_VARIABLE} was "
+              f"given): {token}", flush=True)
     with provision(opts.dsn) as cluster:
         dsn = prepare_database(cluster, cluster.source != "dsn", opts.faults)
         provider = None if opts.provider_url else ProviderThread(opts.host)
         try:
             provider_url = opts.provider_url or provider.start()  # type: ignore[union-attr]
             import uvloop
-            uvloop.run(_serve(opts, dsn, token, provider_url))
+            uvloop.run(_serve(opts, dsn, token, provider_url, generated))
         except KeyboardInterrupt:
             pass
         finally:

@@ -189,6 +189,41 @@ def test_reference_main_without_database_url_exits_2(
     assert capsys.readouterr().err == "error: DATABASE_URL: required (a libpq DSN), not set\n"
 
 
+def test_reference_with_an_unreachable_database_exits_4_with_one_line() -> None:
+    """As a user runs it: a DSN aimed at a port nothing listens on is one line naming host,
+    port and database (never the password), exit 4, and no traceback."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REFERENCE_TOKENS",)}
+    env["DATABASE_URL"] = f"postgresql://app:pg-pass-SECRET-31@127.0.0.1:{port}/chat"
+    proc = subprocess.run([sys.executable, "-m", "raceharness.reference", "--port",
+                           str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: cannot reach the database at 127.0.0.1:{port}/chat (DATABASE_URL): "
+        "Connection refused"]
+    assert "pg-pass-SECRET-31" not in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_reference_with_a_dsn_libpq_cannot_parse_exits_2(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", "host=db.internal password pg-pass-SECRET-31")
+    monkeypatch.delenv("REFERENCE_TOKENS", raising=False)
+    assert reference_main([]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: DATABASE_URL: not a valid libpq connection string\n"
+
+
+def test_reference_help_documents_its_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        reference_main(["--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("Exit codes: 0 stopped cleanly, 2 a bad flag or setting, 4 the database at "
+            "DATABASE_URL unreachable at start-up") in out
+
+
 # -- harness command line --------------------------------------------------------------------------
 
 SERVE_FLAGS = ("--port", "--token", "--dsn", "--fault", "--provider-url", "--autonomous-runs",
@@ -399,7 +434,11 @@ def test_serve_reference_end_to_end(pg_cluster: PostgresCluster, tmp_path: Path)
     assert code == 0, output
     assert "stopped; everything it started is gone." in output
     assert SERVE_TOKEN not in output
-    assert "generated bearer token" not in output
+    assert "(generated" not in output and "the generated token" not in output
+    # the hint reads the variable the harness reads, and says how to set it
+    assert 'curl -N -H "Authorization: Bearer $HARNESS_TOKEN" ' in output
+    assert "set HARNESS_TOKEN to the token given with --token (not printed)" in output
+    assert not re.search(r"\$TOKEN\b", output)
     if postmaster is not None:
         cluster_dir, pid = postmaster
         assert not alive(pid), output

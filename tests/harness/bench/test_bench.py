@@ -4,6 +4,7 @@ bar here (timing belongs to the benchmark's own report, not to unit tests)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,85 @@ def test_bench_trials_run_through_the_suites_per_trial_code() -> None:
 def test_the_command_line_names_come_from_the_package() -> None:
     assert callable(raceharness.bench.add_arguments)
     assert callable(raceharness.bench.run_bench_command)
+
+
+# -- where the results go, and where they came from ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[3]
+MACHINE = {"cores": 2, "cpu_model": "cpu", "python": "3.11.7", "platform": "Linux"}
+
+
+class FakeBench:
+    """Stands in for Bench: no run, one section measured (the ones asked for)."""
+
+    def __init__(self, plan: Plan, sections: tuple[str, ...], *, seed: int | None = None,
+                 quick: bool = False) -> None:
+        from raceharness.bench.plan import BENCH_SCHEMA
+
+        self.seed = 5 if seed is None else seed
+        self.result: dict[str, Any] = {
+            "schema": BENCH_SCHEMA, "quick": quick, "seed": self.seed,
+            "started": "2026-12-05T10:15:00Z", "machine": dict(MACHINE), "plan": {},
+            "interrupted": False, "sections": {"wall": {
+                "n": 50, "runs": 1, "cold_s": {"median": 2.0}, "race_phase_s": {"median": 0.2},
+                "burst_s": {"median": 0.02}, "race_phase_share_of_cold": 0.1,
+                "measured": "2026-12-05T10:15:00Z"}}}
+
+    async def run(self) -> None:
+        return None
+
+
+@pytest.fixture
+def fake_bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr("raceharness.bench.command.Bench", FakeBench)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_bench_writes_a_fresh_folder_by_default_never_the_committed_reports(
+        fake_bench: Path) -> None:
+    committed = {p.name: p.stat().st_mtime_ns for p in (ROOT / "reports" / "bench").iterdir()}
+    assert main(["bench", "--quick"]) == 0
+    assert main(["bench", "--quick"]) == 0
+    runs = sorted((fake_bench / "bench-results").iterdir())
+    assert len(runs) == 2  # two runs, two folders: neither overwrote the other
+    assert not (fake_bench / "reports").exists()
+    assert {p.name: p.stat().st_mtime_ns
+            for p in (ROOT / "reports" / "bench").iterdir()} == committed
+    result = json.loads((runs[0] / "bench.json").read_text())
+    provenance = result["provenance"]
+    assert provenance["seeds"] == {"bench": 5} and provenance["machine"]["cores"] >= 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", provenance["date"])
+    assert "commit" in provenance and "version" in provenance
+    assert "\nProvenance: " in (runs[0] / "bench.md").read_text()
+
+
+def test_bench_out_writes_where_it_is_told(fake_bench: Path) -> None:
+    assert main(["bench", "--out", str(fake_bench / "mine"), "--seed", "9"]) == 0
+    assert json.loads((fake_bench / "mine" / "bench.json").read_text())["provenance"][
+        "seeds"] == {"bench": 9}
+    assert not (fake_bench / "bench-results").exists()
+
+
+def test_a_sections_rerun_keeps_the_newest_earlier_folders_other_sections(
+        fake_bench: Path) -> None:
+    from raceharness.bench.plan import BENCH_SCHEMA
+
+    earlier = {"schema": BENCH_SCHEMA, "machine": MACHINE, "started": "2026-12-01T00:00:00Z",
+               "seed": 1, "provenance": {"commit": "a" * 40, "dirty": False, "seeds": {"bench": 1},
+                                         "date": "2026-12-01T00:00:00Z", "machine": {}},
+               "sections": {"scale": {"same_chat": {"n": 12}}}}
+    older = {**earlier, "sections": {"scale": {"same_chat": {"n": 99}}}}
+    for name, result in (("20261201T000000Z", earlier), ("20261101T000000Z", older)):
+        folder = fake_bench / "bench-results" / name
+        folder.mkdir(parents=True)
+        (folder / "bench.json").write_text(json.dumps(result))
+    assert main(["bench", "--sections", "wall"]) == 0
+    (newest,) = [p for p in (fake_bench / "bench-results").iterdir()
+                 if p.name not in ("20261201T000000Z", "20261101T000000Z")]
+    result = json.loads((newest / "bench.json").read_text())
+    scale = result["sections"]["scale"]
+    assert scale["same_chat"]["n"] == 12 and scale["measured"] == "2026-12-01T00:00:00Z"
+    assert scale["provenance"]["commit"] == "a" * 40
+    assert "Section scale kept from an earlier run: commit `aaaaaaaaaaaa`" in (
+        newest / "bench.md").read_text()

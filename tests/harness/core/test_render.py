@@ -23,12 +23,15 @@ from raceharness.render import load_schema, render_json, write_reports
 from raceharness.render.html import render_html
 from raceharness.render.junit import render_junit
 from raceharness.render.markdown import MAX_BYTES, render_markdown
-from raceharness.render.text import clean
+from raceharness.render.text import clean, ops_note
+from raceharness.render.timeline import FOCUS_SHARE, PLOT_W, PLOT_X, build_axis, build_timeline
 from tests.harness.core.test_checkers import (
     LOSER_A,
+    LOSER_B,
     WINNER,
     History,
     distinct_chats,
+    drop,
     model,
     ns,
     patch,
@@ -151,6 +154,40 @@ def test_junit_suite_properties_name_seed_target_and_spread() -> None:
         "reproduce": "harness race --n 3 --seed 7"}
 
 
+def test_junit_times_come_from_each_trials_history() -> None:
+    """A trial's time is its first op to its last, split evenly over its cases (so they add
+    up to the suite's time), and the suites add up to the root's; no clock is read."""
+    trials = three_trials()
+    root = ET.fromstring(render_junit(report_of(*trials), trials))
+    suites = root.findall("testsuite")
+    assert [s.get("time") for s in suites] == ["1.601", "1.601", "1.601"]  # ops 0 → 1601 ms
+    for suite in suites:
+        cases = [float(c.get("time") or "nan") for c in suite.iter("testcase")]
+        assert len(cases) == 11 and all(0.145 <= t <= 0.146 for t in cases)
+        assert sum(cases) == pytest.approx(float(suite.get("time") or "nan"), abs=1e-9)
+    assert root.get("time") == "4.803"
+    # without the histories there is nothing to time: 0, as before
+    bare = ET.fromstring(render_junit(report_of(*trials)))
+    assert {c.get("time") for c in bare.iter("testcase")} == {"0.000"}
+
+
+def test_junit_matches_histories_to_trials_by_number() -> None:
+    short = History(release_ns=0)
+    short.turn(1, 0, "n1")
+    short.stream(1, headers_ms=5, end_ms=250, run_id="run-w")
+    trials = [numbered(model(), 0, 7), numbered(short.trial(), 1, 8)]
+    root = ET.fromstring(render_junit(report_of(*trials), list(reversed(trials))))
+    assert [s.get("time") for s in root.findall("testsuite")] == ["1.601", "0.250"]
+
+
+def test_write_reports_times_the_junit_cases(tmp_path: Path) -> None:
+    trials = three_trials()
+    paths = write_reports(tmp_path, report_of(*trials), trials, env={})
+    root = ET.fromstring(paths["junit"].read_text())
+    assert root.get("time") == "4.803"
+    assert "0.000" not in {c.get("time") for c in root.iter("testcase")}
+
+
 def test_an_invalid_property_is_a_failure_with_reason_ops_and_reproduce_line() -> None:
     root = ET.fromstring(render_junit(report_of(*three_trials())))
     failures = [(c.get("name"), c.find("failure")) for c in root.iter("testcase")
@@ -160,8 +197,9 @@ def test_an_invalid_property_is_a_failure_with_reason_ops_and_reproduce_line() -
     assert failure is not None
     assert (name, failure.get("message"), failure.get("type")) == (
         "race/losers-409 [trial 1]", LOSERS_409_REASON, "invalid")
-    assert failure.text == (f"{LOSERS_409_REASON}\noffending op 5 (trial 1 of history.jsonl)\n"
-                            "seed: 8\nreproduce: harness race --n 3 --seed 8\n")
+    # the reason names op 5 already: the body says where it is instead of listing it again
+    assert failure.text == (f"{LOSERS_409_REASON}\noffending: as cited above (trial 1 of "
+                            "history.jsonl)\nseed: 8\nreproduce: harness race --n 3 --seed 8\n")
 
 
 def test_an_unknown_property_is_skipped_as_inconclusive() -> None:
@@ -216,11 +254,77 @@ def test_markdown_has_headline_table_spread_and_the_first_failure() -> None:
     assert "| race/winner-stoppable | unknown | 2 | 0 | 1 |\n" in text
     assert "Release spread (last bytes sent): median 0.500 ms, max 0.750 ms.\n" in text
     assert ("### First failing trial: trial 1 (seed 8)\n\n- **race/losers-409**: "
-            f"{LOSERS_409_REASON} (op 5)\n\nReproduce:\n\n```sh\nharness race --n 3 --seed 8\n```"
+            f"{LOSERS_409_REASON}\n\nReproduce:\n\n```sh\nharness race --n 3 --seed 8\n```"
             ) in text
     assert text.endswith("Config: target embedded; n 3; trials 3; seed 7; sync last-byte; faults "
                          "none; provider access yes; database access yes.\n\nReproduce the run:"
                          "\n\n```sh\nharness race --n 3 --seed 7 --trials 3\n```\n")
+
+
+def test_markdown_shows_the_reproduce_line_once_when_the_run_is_the_failing_trial() -> None:
+    trial = numbered(invalid_trial(), 0, 7)
+    report = build_report([trial], [check_trial(trial, SINGLE_CHAT_RACE)], config=CONFIG,
+                          reproduce="harness race --n 3 --seed 7",
+                          trial_reproduce=lambda seed: f"harness race --n 3 --seed {seed}")
+    text = render_markdown(report)
+    assert text.count("harness race --n 3 --seed 7") == 1
+    assert text.count("```sh") == 1 and "Reproduce the run:" not in text
+    assert "Reproduce:\n\n```sh\nharness race --n 3 --seed 7\n```\n" in text
+    # a run line that differs (several trials) is still shown, after the trial's
+    text = render_markdown(report_of(*three_trials()))
+    assert text.count("```sh") == 2
+    assert text.endswith("Reproduce the run:\n\n```sh\nharness race --n 3 --seed 7 "
+                         "--trials 3\n```\n")
+
+
+def test_a_passing_run_shows_its_reproduce_line_once() -> None:
+    text = render_markdown(report_of(numbered(model(), 0, 7)))
+    assert text.count("```sh") == 1 and "Reproduce the run:" in text
+
+
+@pytest.mark.parametrize(("reason", "ops", "note"), [
+    ("1 of 2 losers not a JSON 409: op 5: 500 code=None", [5], ""),
+    ("2 racers got 200 (ops 3, 11): more than one winner", [3, 11], ""),
+    ("call 2 ← op 7; call 3 ← op 9", [7, 9], ""),
+    ("a loser was slow", [5, 6], "ops 5, 6"),
+    ("op 5 was late; … and 1 more", [5, 6], "other op 6"),
+    ("ops 1, 2, … (30 in all)", [1, 2, 3], "other op 3"),
+    ("nothing to cite", [], "no op cited"),
+    ("the stop (op 50) answered", [5], "op 5"),
+])
+def test_ops_note_lists_only_the_ops_a_reason_does_not(reason: str, ops: list[int],
+                                                       note: str) -> None:
+    assert ops_note(reason, ops) == note
+
+
+def reasons_report() -> dict[str, Any]:
+    """Trial 1's losers-409 names its op in the reason; two other properties made invalid
+    with a reason naming none and one naming some of their ops."""
+    report = report_of(*three_trials())
+    props = report["trials"][1]["properties"]
+    props["race/one-winner"] = {"verdict": "invalid", "reason": "a curious outcome",
+                                "ops": [3, 4]}
+    props["race/losers-fast"] = {"verdict": "invalid", "reason": "op 6 was slow; … and 1 more",
+                                 "ops": [6, 7]}
+    return report
+
+
+def test_every_renderer_shows_each_op_list_once() -> None:
+    report = reasons_report()
+    text = render_markdown(report)
+    assert f"- **race/losers-409**: {LOSERS_409_REASON}\n" in text
+    assert "- **race/one-winner**: a curious outcome (ops 3, 4)\n" in text
+    assert "- **race/losers-fast**: op 6 was slow; … and 1 more (other op 7)\n" in text
+    page = render_html(report, three_trials())
+    assert f"race/losers-409</code>: {LOSERS_409_REASON}</li>" in page
+    assert "race/one-winner</code>: a curious outcome <span class=muted>(ops 3, 4)</span>" in page
+    assert "… and 1 more <span class=muted>(other op 7)</span>" in page
+    bodies = {c.get("name"): (c.find("failure").text or "")  # type: ignore[union-attr]
+              for c in ET.fromstring(render_junit(report)).iter("testcase")
+              if c.find("failure") is not None}
+    assert "offending: as cited above (trial 1" in bodies["race/losers-409 [trial 1]"]
+    assert "offending: ops 3, 4 (trial 1" in bodies["race/one-winner [trial 1]"]
+    assert "offending: other op 7 (trial 1" in bodies["race/losers-fast [trial 1]"]
 
 
 def test_markdown_names_the_server_arrival_spread_when_present() -> None:
@@ -349,6 +453,110 @@ def test_html_makes_no_external_reference() -> None:
     assert "Target https://target.example/api;" in "".join(parse(page).text)
     assert external_references(page) == []
     assert "default-src &#x27;none&#x27;" in page or "default-src 'none'" in page
+
+
+def none_rich_trial() -> Trial:
+    """The model with every value a history may lack left out: a setup turn without a role,
+    a racer never answered, provider calls without a nonce (one a contact)."""
+    trial = drop(patch(model(), 0, role=None), LOSER_B)
+    calls = [*(trial.provider or []), ProviderCall(3, None, ns(1100), mode=None),  # type: ignore[arg-type]
+             ProviderCall(4, None, ns(1102), disconnected_ns=ns(1103), complete=False)]
+    return numbered(dataclasses.replace(trial, provider=calls), 0, 7)
+
+
+def test_no_tooltip_label_or_table_cell_says_none() -> None:
+    trial = none_rich_trial()
+    report = report_of(trial)
+    summary = report["trials"][0]
+    summary.update(seed=None, winners=None, reproduce=None,
+                   statuses={**summary["statuses"], "None": 1})
+    report["reproduce"] = None
+    for p in summary["properties"].values():  # the checkers' own words are not the renderer's
+        p["reason"] = "reason"
+    page = render_html(report, [trial])
+    tags = parse(page)
+    titles = re.findall(r"<title>([^<]*)</title>", page)
+    labels = re.findall(r'<text class="label"[^>]*><title>[^<]*</title>([^<]*)</text>', page)
+    assert titles and labels
+    assert [t for t in titles if "None" in t] == []
+    assert [label for label in labels if "None" in label] == []
+    assert "None" not in "".join(tags.text)
+    assert "turn · 200" in labels and "racer 3 · no answer" in labels
+    assert "provider call 3 · no nonce" in labels
+    assert "409×1, no answer×1" in page  # the report's "None" status key, in words
+    assert "seed —" in page and "<pre>" not in page
+
+
+def racing_trial() -> Trial:
+    """A trial shaped like a real ``harness race --n 10`` one: the set-up turn 215 ms before
+    the release, the burst answered within 45 ms, the winner held until the stop at +80 ms,
+    then the released turn and the cleanup until +225 ms."""
+    h = History(release_ns=ns(215))
+    h.turn(100, 0, "s0", role="setup")
+    h.stream(100, headers_ms=14, end_ms=67, run_id="run-s")
+    h.runs(101, 68, "before", {"run-s": "finished"})
+    for p in range(10):
+        h.turn(p, 215.1 + p * 0.01, f"n{p}")
+    for p in range(1, 10):
+        h.refuse(p, 239 + p * 2.3)
+    h.runs(101, 268, "held", {"run-s": "finished", "run-w": "running"})
+    h.stop(102, 295, "run-w")
+    h.stream(0, headers_ms=248.6, end_ms=317, run_id="run-w", terminal="abort",
+             first_frame_ns=ns(251))
+    h.runs(101, 318, "after", {"run-w": "aborted"})
+    h.turn(103, 379, "r0", role="released")
+    h.stream(103, headers_ms=393, end_ms=422, run_id="run-r")
+    h.runs(104, 423, "cleanup", {"run-r": "succeeded"})
+    calls = [ProviderCall(0, "s0", ns(56), tokens_sent=3, completed_ns=ns(57)),
+             ProviderCall(1, "n0", ns(267), tokens_sent=1, first_token_ns=ns(267.5),
+                          disconnected_ns=ns(301)),
+             ProviderCall(2, "r0", ns(401), tokens_sent=3, completed_ns=ns(402))]
+    return numbered(h.trial(provider=calls), 0, 7)
+
+
+def racer_xs(page: str) -> list[float]:
+    """The x of every racer's last-byte tick and first-byte dot in the drawing."""
+    sent = re.findall(r'<line class="sent" x1="([\d.]+)"[^>]*><title>racer \d+: last byte', page)
+    answered = re.findall(r'<circle cx="([\d.]+)"[^>]*><title>racer \d+: first byte', page)
+    assert len(sent) == len(answered) == 10
+    return [float(x) for x in sent + answered]
+
+
+def test_the_racers_span_gets_most_of_the_timeline_width() -> None:
+    trial = racing_trial()
+    page = render_html(report_of(trial), [trial])
+    xs = racer_xs(page)
+    assert max(xs) - min(xs) >= 0.5 * PLOT_W  # was about 0.1 on one linear scale
+    # the set-up turn is still drawn, on a compressed stretch at the left
+    setup = re.findall(r'<line class="sent" x1="([\d.]+)"[^>]*><title>setup: last byte', page)
+    assert len(setup) == 1 and PLOT_X <= float(setup[0]) <= PLOT_X + 0.1 * PLOT_W
+    assert page.count('<rect class="compressed"') == 2  # before the burst and after it
+    assert "axis compressed: " in page
+    assert "compressed (shaded): before -2.6 ms and after +55.1 ms" in page
+    axis = build_axis(build_timeline(trial))
+    assert axis.focus().x1 - axis.focus().x0 == pytest.approx(FOCUS_SHARE * PLOT_W)
+    assert [round(axis.x(t), 1) for t in (axis.lo, axis.hi)] == [PLOT_X, PLOT_X + PLOT_W]
+
+
+def test_a_trial_without_an_answered_racer_is_drawn_at_one_scale() -> None:
+    h = History(release_ns=ns(1000))
+    h.turn(0, 0, "s0", role="setup")
+    h.stream(0, headers_ms=5, end_ms=50, run_id="run-s")
+    h.turn(1, 1000, "n1")  # never answered
+    trial = numbered(h.trial(), 0, 7)
+    assert len(build_axis(build_timeline(trial)).segments) == 1
+    assert '<rect class="compressed"' not in render_html(report_of(trial), [trial])
+
+
+def test_a_burst_that_already_fills_the_width_is_not_compressed() -> None:
+    h = History(release_ns=ns(0))
+    for p in range(3):
+        h.turn(p, 0.01 * p, f"n{p}")
+    h.stream(0, headers_ms=5, end_ms=6, run_id="run-w")
+    h.refuse(1, 30)
+    h.refuse(2, 40)
+    axis = build_axis(build_timeline(numbered(h.trial(), 0, 7)))
+    assert len(axis.segments) == 1
 
 
 def test_html_draws_the_first_20_trials_and_every_invalid_one() -> None:

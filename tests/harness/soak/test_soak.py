@@ -17,7 +17,8 @@ from raceharness.commands.cli import main
 
 TOP_KEYS = {"schema", "ok", "interrupted", "interrupt_signal", "crashes", "crash_count",
             "must_be_zero", "config", "timing_s", "settle", "runs", "requests", "provider",
-            "restart", "service_metrics", "resources", "machine"}
+            "restart", "service_metrics", "resources", "machine", "provenance"}
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -39,6 +40,10 @@ def load_result(out: Path) -> dict[str, Any]:
     assert result["provider"]["calls"] == sum(result["provider"]["by_mode"].values())
     assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
     assert result["resources"]["harness_peak_rss_kib"] > 0
+    provenance = result["provenance"]
+    assert provenance["seeds"] == {"soak": result["config"]["seed"]}
+    assert provenance["machine"]["cores"] >= 1 and provenance["date"].endswith("Z")
+    assert "Provenance: " in (out / "soak.md").read_text(encoding="utf-8")
     return result
 
 
@@ -226,3 +231,34 @@ def test_the_command_line_names_come_from_the_package() -> None:
 
     assert callable(raceharness.soak.add_arguments)
     assert callable(raceharness.soak.run_soak_command)
+
+
+class FakeSoak:
+    """Stands in for Soak: no load; its result is the committed soak.json's."""
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+
+    async def main(self) -> dict[str, Any]:
+        committed = json.loads((ROOT / "reports" / "soak" / "soak.json").read_text())
+        committed.pop("provenance", None)
+        committed["config"] = {**committed["config"], "seed": self.plan.seed}
+        return dict(committed)
+
+
+def test_soak_writes_a_fresh_folder_by_default_never_the_committed_reports(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("raceharness.soak.command.Soak", FakeSoak)
+    monkeypatch.chdir(tmp_path)
+    committed = {p.name: p.stat().st_mtime_ns for p in (ROOT / "reports" / "soak").iterdir()}
+    main(["soak", "--duration", "5", "--seed", "11"])
+    main(["soak", "--duration", "5", "--seed", "12"])
+    runs = sorted((tmp_path / "soak-results").iterdir())
+    assert len(runs) == 2 and not (tmp_path / "reports").exists()
+    assert {p.name: p.stat().st_mtime_ns
+            for p in (ROOT / "reports" / "soak").iterdir()} == committed
+    seeds = [json.loads((run / "soak.json").read_text())["provenance"]["seeds"] for run in runs]
+    assert seeds == [{"soak": 11}, {"soak": 12}]
+    assert "results go to " + str(runs[0]) in capsys.readouterr().err
+    assert "\nProvenance: " in (runs[0] / "soak.md").read_text()

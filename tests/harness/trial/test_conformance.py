@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +77,7 @@ def test_the_fault_matrix_catches_every_fault_and_the_correct_reference_is_clean
     assert matrix["ok"] is True and code == 0
     assert json.loads((tmp_path / "matrix.json").read_text()) == matrix
     assert "Result: every fault caught" in (tmp_path / "matrix.md").read_text()
+    assert set(matrix["provenance"]["seeds"]) == set(matrix["rows"])
 
 
 def test_the_committed_matrix_is_complete_and_ok() -> None:
@@ -105,3 +107,39 @@ def test_the_console_prints_the_matrix_as_a_compact_grid() -> None:
     again = render_matrix_console(matrix).splitlines()
     assert next(line for line in again if line.startswith("blanket-500 ")).split()[1] == "NO"
     assert again[-1].startswith("result: NOT OK")
+
+
+def test_the_matrix_records_where_it_came_from(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """matrix.json gets a provenance object (commit or version, UTC date, every row's seed,
+    the machine) and matrix.md shows it; the scenarios themselves are stood in for here."""
+    import trio
+
+    from raceharness.commands import matrix as matrix_module
+    from raceharness.trial.context import RaceConfig
+    from raceharness.trial.suite import RaceOptions, RaceOutcome
+
+    seeds = iter([101, 202])
+
+    async def fake_run_scenarios(opts: RaceOptions, scenarios: list[Any]) -> RaceOutcome:
+        bad = "invalid" if opts.faults else "valid"
+        counts = {"valid": int(bad == "valid"), "invalid": int(bad == "invalid"), "unknown": 0}
+        report = {"verdict": bad, "config": {"seed": next(seeds)}, "trials": [{}],
+                  "properties": {"race/released": {"verdict": bad, **counts}},
+                  "scenarios": {s.name: {"skipped": None} for s in scenarios}}
+        return RaceOutcome(report=report, trials=[], results=[])
+
+    monkeypatch.setattr(matrix_module, "run_scenarios", fake_run_scenarios)
+    code = trio.run(matrix_module.run_matrix, RaceOptions(config=RaceConfig()), ["no-lease"],
+                    1, tmp_path, True)
+    matrix = json.loads((tmp_path / "matrix.json").read_text())
+    assert code == 0 and matrix == json.loads(capsys.readouterr().out)
+    assert matrix["schema"] == "raceharness/matrix/v1"  # a field added, the version kept
+    provenance = matrix["provenance"]
+    assert provenance["seeds"] == {"(correct)": 101, "no-lease": 202}
+    assert set(provenance) == {"commit", "dirty", "version", "date", "seeds", "machine"}
+    assert provenance["commit"] or provenance["version"]
+    assert provenance["machine"]["cores"] >= 1
+    text = (tmp_path / "matrix.md").read_text()
+    assert "\nProvenance: " in text and "seeds (correct) 101, no-lease 202" in text
