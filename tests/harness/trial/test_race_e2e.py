@@ -141,5 +141,18 @@ def test_without_a_terminal_progress_is_one_line_per_trial(
     assert [line.split(" invalid ")[0] for line in lines] == [
         "scenario 1/1 stale-stop trial 1/2", "scenario 1/1 stale-stop trial 2/2"]
     assert all(line.endswith(" s [fault late-write-overwrites]") for line in lines)
-    assert main(["run", "stale-stop", "--trials", "1", "-q"]) == 0
-    assert "scenario 1/1" not in capsys.readouterr().err
+
+
+def test_progress_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    """-q: nothing; a terminal: one live line, cleared first, with the run's total time."""
+    from raceharness.core.checks.base import CheckResult
+    from raceharness.trial.context import RaceConfig
+    from raceharness.trial.suite import RaceOptions, _progress
+
+    result = {"race/one-winner": CheckResult("race/one-winner", "valid", "")}
+    _progress(RaceOptions(config=RaceConfig(), progress="off"), "scenario 1/1 x trial 1/1",
+              result, 0.4, 2.0)
+    assert capsys.readouterr().err == ""
+    _progress(RaceOptions(config=RaceConfig(), progress="live"), "scenario 1/1 x trial 1/1",
+              result, 0.4, 2.0)
+    assert capsys.readouterr().err == "\r\x1b[Kscenario 1/1 x trial 1/1 valid 0.4 s (2 s in all)"
