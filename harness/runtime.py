@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import TextIO
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO, TypeVar
 
 import trio
 
+T = TypeVar("T")
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNKNOWN, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
 MAX_N = 1000            # --n above this (or 20000 requests in all) needs --allow-large
@@ -58,6 +60,18 @@ def single_error(group: BaseExceptionGroup) -> BaseException:  # type: ignore[ty
             if isinstance(leaf, kind):
                 return leaf
     return leaves[0] if len(leaves) == 1 else group
+
+
+def run_unwrapped(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run(fn, *args)``, re-raising the one meaningful error of a nursery's exception
+    group (:func:`single_error`) so callers catch plain exceptions."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        error = single_error(group)
+        if error is group:
+            raise
+        raise error from group
 
 
 def use_colour(stream: TextIO = sys.stdout) -> bool:

@@ -31,6 +31,11 @@ PROVIDER_BASE = "http://provider.test/v1"
 
 # -- the provider ------------------------------------------------------------------------------
 
+# The conflict body of protocol.md §2.3 without its activeRunId (which names a run per test).
+CONFLICT = {"statusCode": 409, "message": "An agent run is already in progress for this chat",
+            "code": "A_RUN_ALREADY_ACTIVE"}
+
+
 def completion_chunk(content: str) -> bytes:
     body = {"object": "chat.completion.chunk",
             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}

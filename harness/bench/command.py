@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from raceharness.bench.plan import SECTIONS, parse_plan
 from raceharness.bench.render import (
     merge_sections,
@@ -30,7 +28,7 @@ from raceharness.runtime import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     Interrupted,
-    single_error,
+    run_unwrapped,
 )
 from raceharness.shell.provenance import build_provenance, fresh_results_folder
 from raceharness.stack.postgres import PostgresUnavailable
@@ -67,13 +65,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
                     else newest_previous(out.parent, bench.result))
     code = EXIT_OK
     try:
-        try:
-            trio.run(bench.run)
-        except BaseExceptionGroup as group:  # the nursery's: its one meaningful error
-            error = single_error(group)
-            if error is group:
-                raise
-            raise error from group
+        run_unwrapped(bench.run)
     except (PostgresUnavailable, OSError) as exc:
         print(f"harness bench: {exc}", file=sys.stderr)
         bench.result["error"] = str(exc)

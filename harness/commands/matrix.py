@@ -107,9 +107,7 @@ def render_matrix_console(matrix: dict[str, Any], colour: bool = False) -> str:
     width = max(len(name) for name in rows) + 2
 
     def mark(text: str, good: bool) -> str:
-        padded = f"{text:8}"
-        return paint("valid" if good else "invalid", colour, 8).replace(
-            f"{'valid' if good else 'invalid':8}", padded) if colour else padded
+        return paint(text, colour, 8, tone="valid" if good else "invalid")
 
     lines = [f"{'fault':{width}}{'caught':8}by (invalid trials / trials)"]
     for name, row in rows.items():

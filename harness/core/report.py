@@ -182,10 +182,11 @@ def _first_reason(report: dict[str, Any], name: str, verdict: str) -> str | None
 _COLOURS = {"valid": "32", "invalid": "1;31", "unknown": "33", "skipped": "2"}
 
 
-def paint(word: str, colour: bool, width: int = 0) -> str:
-    """``word`` padded to ``width``, in its verdict's ANSI colour when ``colour``."""
+def paint(word: str, colour: bool, width: int = 0, tone: str | None = None) -> str:
+    """``word`` padded to ``width``, in the ANSI colour of the verdict ``tone`` (the word
+    itself by default) when ``colour``."""
     padded = f"{word:{width}}" if width else word
-    code = _COLOURS.get(word)
+    code = _COLOURS.get(tone or word)
     return f"\x1b[{code}m{padded}\x1b[0m" if colour and code else padded
 
 

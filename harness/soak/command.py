@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import psycopg
-import trio
 
 from raceharness.runtime import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    single_error,
+    run_unwrapped,
 )
 from raceharness.runtime import EXIT_INVALID as EXIT_NOT_OK
 from raceharness.shell.provenance import build_provenance, fresh_results_folder
@@ -47,13 +46,7 @@ def run_soak_command(args: argparse.Namespace) -> int:
     provenance = build_provenance({"soak": int(seed)})  # the code and the date at the start
     print(f"harness soak: results go to {out}", file=sys.stderr)
     try:
-        try:
-            result = trio.run(soak.main)
-        except BaseExceptionGroup as group:  # the nursery's: its one meaningful error
-            error = single_error(group)
-            if error is group:
-                raise
-            raise error from group
+        result = run_unwrapped(soak.main)
     except (PostgresUnavailable, EmbeddedStartError) as exc:
         print(f"harness soak: environment unreachable: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -25,6 +25,7 @@ from raceharness.reference.errors import RunAlreadyActiveError
 from raceharness.reference.faults import Fault
 from raceharness.reference.gate import Gate, PrecheckResult
 from tests.refkit import (
+    CONFLICT,
     Api,
     FakeProvider,
     OpenTurn,
@@ -37,8 +38,6 @@ pytestmark = pytest.mark.anyio
 
 CORRECT = "correct"
 STOPPED_TRUE = {"data": {"stopped": True}, "success": True, "status": 200}
-CONFLICT = {"statusCode": 409, "message": "An agent run is already in progress for this chat",
-            "code": "A_RUN_ALREADY_ACTIVE"}
 
 
 def faults(fault: str) -> frozenset[Fault]:

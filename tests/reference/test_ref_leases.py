@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from tests.refkit import (
+    CONFLICT,
     Api,
     FakeProvider,
     OpenTurn,
@@ -33,8 +34,6 @@ from tests.refkit import (
 
 pytestmark = pytest.mark.anyio
 
-CONFLICT = {"statusCode": 409, "message": "An agent run is already in progress for this chat",
-            "code": "A_RUN_ALREADY_ACTIVE"}
 
 
 # -- helpers -----------------------------------------------------------------------------------
