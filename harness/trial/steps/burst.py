@@ -4,6 +4,7 @@ its answers awaited (cut short once race/losers-fast is settled), and the winner
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -56,16 +57,7 @@ async def burst(p: Program, call: Step) -> None:
     p.meta["release_ns"] = release_ns
     sent = [ns for i in live if (ns := st.racers[i].sent_ns) is not None]
     p.meta["send_spread_ns"] = (max(sent) - min(sent)) if sent else None
-    for i in range(n):
-        chat = racer_chats[i]
-        if i in st.failed:
-            p.rec.add("invoke", "turn", i, st.nonces[i],
-                      {"role": "racer", "chat_id": chat}, time_ns=release_ns)
-            p.rec.add("fail", "turn", i, st.nonces[i], {"error": st.failed[i]})
-            continue
-        p.rec.add("invoke", "turn", i, st.nonces[i],
-                  {"role": "racer", "chat_id": chat, "sent_ns": st.racers[i].sent_ns},
-                  time_ns=st.racers[i].sent_ns or release_ns)
+    record_invokes(p, range(n), racer_chats.__getitem__, release_ns)
     await await_answers(p, live, release_ns)
     st.winner = _first_winner(st.racers)
     if st.winner is not None and p.ctx.provider is not None:
@@ -84,6 +76,23 @@ async def burst(p: Program, call: Step) -> None:
 
         with trio.move_on_after(p.ctx.config.provider_call_bound_s):
             await provider.wait_for(called)
+
+
+def record_invokes(p: Program, indices: Iterable[int], chat_of: Callable[[int], str | None],
+                   release_ns: int) -> None:
+    """The racers' invokes, at their last byte's send time (a racer that never connected: an
+    invoke at the release and its fail)."""
+    st = p.state
+    for i in indices:
+        if i in st.failed:
+            p.rec.add("invoke", "turn", i, st.nonces[i],
+                      {"role": "racer", "chat_id": chat_of(i)}, time_ns=release_ns)
+            p.rec.add("fail", "turn", i, st.nonces[i], {"error": st.failed[i]})
+            continue
+        sent = st.racers[i].sent_ns
+        p.rec.add("invoke", "turn", i, st.nonces[i],
+                  {"role": "racer", "chat_id": chat_of(i), "sent_ns": sent},
+                  time_ns=sent or release_ns)
 
 
 async def await_answers(p: Program, live: list[int], release_ns: int) -> None:

@@ -11,7 +11,7 @@ from raceharness.core.scenario import Step
 from raceharness.net.http1 import release_last_bytes
 from raceharness.trial.context import race_text
 from raceharness.trial.steps.base import Program, StepNotAvailable, step
-from raceharness.trial.steps.burst import await_answers, prepare, send_whole
+from raceharness.trial.steps.burst import await_answers, prepare, record_invokes, send_whole
 
 
 def hold_past_s(settings: dict[str, float], intervals: int) -> float:
@@ -70,7 +70,7 @@ async def late_turns(p: Program, call: Step) -> None:
             await send_whole(racer)
             with trio.move_on_after(p.bound_s):
                 await racer.answered.wait()
-        _record_invokes(p, [k], racer.sent_ns or time.monotonic_ns())
+        record_invokes(p, [k], lambda _: st.chat_id, racer.sent_ns or time.monotonic_ns())
     burst = list(range(base + singles, base + singles + n))
     async with trio.open_nursery() as nursery:
         for k in burst:
@@ -80,19 +80,6 @@ async def late_turns(p: Program, call: Step) -> None:
         st.readers.start_soon(st.racers[k].read_response)
     await trio.sleep(ctx.config.settle_ms / 1000)  # let the server take every prefix
     release_ns, _ = await release_last_bytes([st.racers[k] for k in live])
-    _record_invokes(p, burst, release_ns)
+    record_invokes(p, burst, lambda _: st.chat_id, release_ns)
     await await_answers(p, live, release_ns)
 
-
-def _record_invokes(p: Program, indices: list[int], release_ns: int) -> None:
-    st = p.state
-    for i in indices:
-        if i in st.failed:
-            p.rec.add("invoke", "turn", i, st.nonces[i],
-                      {"role": "racer", "chat_id": st.chat_id}, time_ns=release_ns)
-            p.rec.add("fail", "turn", i, st.nonces[i], {"error": st.failed[i]})
-            continue
-        sent = st.racers[i].sent_ns
-        p.rec.add("invoke", "turn", i, st.nonces[i],
-                  {"role": "racer", "chat_id": st.chat_id, "sent_ns": sent},
-                  time_ns=sent or release_ns)
