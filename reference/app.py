@@ -276,12 +276,18 @@ def create_app(settings: Settings, *,
         # check: a connection whose backend was terminated (a database outage) is replaced
         # before use instead of failing the request that gets it. configure: generic plans,
         # and the hot statements prepared before the connection is first lent.
+        # Through a transaction pooler (DATABASE_POOLER=transaction) neither: the next
+        # transaction may run on another server connection, where neither the SET nor a
+        # prepared statement exists, so psycopg prepares nothing (prepare_threshold=None also
+        # turns the gate's prepare=True off) and every statement is planned when it runs.
         pool_ref: list[AsyncConnectionPool] = []
         pool = AsyncConnectionPool(settings.database_url, min_size=settings.pool_min_size,
                                    max_size=settings.pool_max_size,
                                    timeout=settings.pool_timeout_s, open=False,
                                    check=suspect_connection_check(pool_ref),
-                                   configure=prepare_connection,
+                                   configure=None if settings.pooled else prepare_connection,
+                                   kwargs={"prepare_threshold": None} if settings.pooled
+                                   else None,
                                    reconnect_timeout=settings.pool_reconnect_timeout_s,
                                    name=f"reference-{settings.instance_id}")
         pool_ref.append(pool)
@@ -303,8 +309,13 @@ def create_app(settings: Settings, *,
                     history_messages=settings.provider_history_messages),
                 auth=Authenticator(pool))
             registry.start()
-            log.info("reference instance %s ready (stop channel %s%s)", settings.instance_id,
-                     STOP_CHANNEL, "" if registry.hears_remote_stops else ", notifications off")
+            pooled = "" if not settings.pooled else (
+                "; through a transaction pooler: no prepared statements, " + (
+                    "LISTEN on LISTEN_DSN" if registry.hears_remote_stops
+                    else "remote stops by the heartbeat poll"))
+            log.info("reference instance %s ready (stop channel %s%s%s)", settings.instance_id,
+                     STOP_CHANNEL, "" if registry.hears_remote_stops else ", notifications off",
+                     pooled)
             try:
                 yield
             finally:

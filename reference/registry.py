@@ -8,6 +8,9 @@
   The gate's pre-check spares the same runs (``Gate.spare``, wired here): a turn landing on
   this instance never reclaims the chat from a run the instance still streams.
 - Listener: ``LISTEN ai_chat_run_stop``; a notification naming a local run stops it at once.
+  It holds one session connection of its own (``LISTEN_DSN``, else ``DATABASE_URL``): behind a
+  transaction pooler a LISTEN ends with its transaction's server connection, so it must reach
+  Postgres past the pooler. (With ``STOP_NOTIFY`` off, the heartbeat poll carries every stop.)
   (Under the stop-local-only fault there is neither listener nor poll: a stop reaches only the
   runs of the instance that received it.)
 - Shutdown: aborts this instance's own runs, never another instance's.
@@ -176,8 +179,10 @@ class Registry:
     async def _listen(self) -> None:
         while True:
             try:
+                # A session of its own, straight to Postgres (LISTEN_DSN when DATABASE_URL
+                # is a transaction pooler, which would drop the LISTEN with its transaction).
                 async with await psycopg.AsyncConnection.connect(
-                        self.settings.database_url, autocommit=True) as conn:
+                        self.settings.listen_url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {STOP_CHANNEL}")
                     self.listening.set()
                     async for notice in conn.notifies():

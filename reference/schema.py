@@ -149,8 +149,10 @@ _RETRIED = (errors.DeadlockDetected, errors.LockNotAvailable)
 
 def apply_schema_sync(dsn: str, faults: frozenset[Fault] = frozenset()) -> None:
     """Create whatever table or index is missing (nothing is locked when none is). The one
-    implementation: the server runs it in a thread at start-up."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    implementation: the server runs it in a thread at start-up. Nothing is prepared
+    (``prepare_threshold=None``): ``dsn`` may be a transaction pooler, and the retries would
+    otherwise prepare the catalogue read on one server connection and run it on another."""
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         for attempt in range(DDL_ATTEMPTS):
             try:
                 with conn.transaction():

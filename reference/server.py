@@ -35,7 +35,7 @@ from raceharness.reference.app import create_app
 from raceharness.reference.auth import ensure_user_sync
 from raceharness.reference.faults import VALID_FAULTS, UnknownFaultError, parse_faults
 from raceharness.reference.schema import apply_schema_sync
-from raceharness.reference.settings import Settings, SettingsError
+from raceharness.reference.settings import DATABASE_POOLERS, Settings, SettingsError
 
 log = logging.getLogger("reference")
 
@@ -207,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raceharness.reference", description=(
         "Serve the reference AI-chat server. Settings come from the environment "
         "(DATABASE_URL, PROVIDER_BASE_URL, PROVIDER_API_KEY, AUTONOMOUS_RUNS, REFERENCE_FAULTS, "
-        "HEARTBEAT_INTERVAL_S, LEASE_S, ..., and REFERENCE_SERVER for --server)."), epilog=(
+        "HEARTBEAT_INTERVAL_S, LEASE_S, ..., DATABASE_POOLER and LISTEN_DSN, and "
+        "REFERENCE_SERVER for --server). Behind a transaction pooler (PgBouncer "
+        "pool_mode=transaction) set DATABASE_POOLER=transaction (no prepared statements, no "
+        "session state) and LISTEN_DSN to a direct connection to Postgres for the stop "
+        "listener (or STOP_NOTIFY=false: stops then arrive with the heartbeat poll)."), epilog=(
         "Exit codes: 0 stopped cleanly, 2 a bad flag or setting, 4 the database at "
         "DATABASE_URL unreachable at start-up (one line naming host, port and database)."))
     parser.add_argument("--host", default="127.0.0.1")
@@ -225,15 +229,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "needs --server hypercorn")
     parser.add_argument("--ssl-certfile", help="serve https with this certificate (PEM)")
     parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument("--database-pooler", choices=DATABASE_POOLERS, default=None,
+                        help="what DATABASE_URL reaches: none (Postgres itself; the default) or "
+                             "transaction (a transaction pooler such as PgBouncer: nothing is "
+                             "prepared, no session state is kept, and LISTEN goes to "
+                             "LISTEN_DSN, a direct connection); DATABASE_POOLER=... works too")
     parser.add_argument("--token", action="append", default=[], metavar="TOKEN",
                         help="create a user holding this bearer token (repeatable); "
                              "REFERENCE_TOKENS=a,b works too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {}
+    if args.database_pooler:
+        overrides["database_pooler"] = args.database_pooler
     try:
-        settings = (Settings.from_env(faults=parse_faults(args.fault)) if args.fault
-                    else Settings.from_env())
+        if args.fault:
+            overrides["faults"] = parse_faults(args.fault)
+        settings = Settings.from_env(**overrides)
     except (SettingsError, UnknownFaultError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from raceharness.reference.faults import Fault, UnknownFaultError, parse_fault_list
 
 MIB = 1024 * 1024
+# DATABASE_POOLER values: Postgres reached directly, or through a transaction pooler.
+DATABASE_POOLERS = ("none", "transaction")
 
 
 class SettingsError(ValueError):
@@ -61,6 +63,26 @@ class Settings:
     # How many of the chat's messages the provider gets: the newest ones, oldest first, the new
     # user message always the last of them. Bounds the request (and its cost) on a long chat.
     provider_history_messages: int = 50
+    # DATABASE_POOLER: what DATABASE_URL reaches. "none": Postgres itself (or a session-mode
+    # pooler). "transaction": a transaction-pooling pooler (PgBouncer pool_mode=transaction),
+    # where each transaction may run on another server connection and no session state
+    # survives: no server-side prepared statements (PgBouncer < 1.21 cannot route them, and
+    # 1.21+ only with max_prepared_statements) and no session SET; LISTEN goes to LISTEN_DSN.
+    database_pooler: str = "none"
+    # LISTEN_DSN: a direct (session) connection to the same database, past the pooler, for the
+    # one connection that LISTENs for cross-instance stops. Empty: DATABASE_URL (which must
+    # then reach Postgres itself: notifications do not cross a transaction pooler).
+    listen_dsn: str = field(default="", repr=False)
+
+    @property
+    def pooled(self) -> bool:
+        """DATABASE_URL goes through a transaction pooler: keep no session state."""
+        return self.database_pooler == "transaction"
+
+    @property
+    def listen_url(self) -> str:
+        """Where the stop listener connects: LISTEN_DSN, else DATABASE_URL."""
+        return self.listen_dsn or self.database_url
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -89,6 +111,16 @@ class Settings:
         if not self.provider_history_messages > 0:
             raise SettingsError("PROVIDER_HISTORY_MESSAGES: must be > 0 (the new user message "
                                 f"is always sent), got {self.provider_history_messages!r}")
+        object.__setattr__(self, "database_pooler", self.database_pooler.strip().lower())
+        if self.database_pooler not in DATABASE_POOLERS:
+            raise SettingsError(f"DATABASE_POOLER: expected one of {', '.join(DATABASE_POOLERS)}"
+                                f", got {self.database_pooler!r}")
+        if self.pooled and self.stop_notify and not self.listen_dsn:
+            raise SettingsError(
+                "LISTEN_DSN: required with DATABASE_POOLER=transaction and STOP_NOTIFY=true "
+                "(LISTEN needs a session connection to Postgres itself, past the pooler); or "
+                "set STOP_NOTIFY=false and a stop received by another instance arrives with "
+                "the heartbeat poll (HEARTBEAT_INTERVAL_S), got an empty value")
         if not self.provider_base_url.startswith(("http://", "https://")):
             url = self.provider_base_url
             scheme = url.split("://", 1)[0][:20] if "://" in url else "none"

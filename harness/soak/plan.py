@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-s", type=_bounded(1.0, 60.0), default=3.0, metavar="SECONDS",
                         help="run lease of the reference (default 3: the restart's orphans "
                              "are reaped within the soak)")
+    parser.add_argument("--pooler", choices=("pgbouncer",), default=None,
+                        help="the reference reaches Postgres through PgBouncer in transaction "
+                             "pooling mode, started and removed by the harness (needs the "
+                             "pgbouncer package: apt-get install pgbouncer)")
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,13 @@ class SoakPlan:
     instances: int
     concurrency: int
     lease_s: float
+    pooler: str | None = None  # "pgbouncer": the reference behind PgBouncer (transaction mode)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, seed: int) -> SoakPlan:
         return cls(duration_s=float(args.duration), seed=seed, instances=int(args.instances),
-                   concurrency=int(args.concurrency), lease_s=float(args.lease_s))
+                   concurrency=int(args.concurrency), lease_s=float(args.lease_s),
+                   pooler=getattr(args, "pooler", None))
 
     @property
     def settle_bound_s(self) -> float:
@@ -90,4 +96,5 @@ class SoakPlan:
     def reproduce_line(self) -> str:
         return (f"harness soak --duration {self.duration_s:g} --seed {self.seed} "
                 f"--instances {self.instances} --concurrency {self.concurrency} "
-                f"--lease-s {self.lease_s:g}")
+                f"--lease-s {self.lease_s:g}"
+                + (f" --pooler {self.pooler}" if self.pooler else ""))

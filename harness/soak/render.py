@@ -43,7 +43,8 @@ def _rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("provider calls without a tracked run (must be 0)",
          str(mbz["untracked_provider_calls"])),
         ("load", f"{result['timing_s']['load']:.0f}s, {cfg['concurrency']} workers, "
-                 f"{cfg['instances']} instances, lease {cfg['lease_s']:g}s, seed {cfg['seed']}"),
+                 f"{cfg['instances']} instances, lease {cfg['lease_s']:g}s, seed {cfg['seed']}"
+                 + (f", through {cfg['pooler']}" if cfg.get("pooler") else "")),
         ("requests", f"{reqs['total']}: {_counts(reqs['by_outcome'])}"),
         ("conflicts (409)", f"{reqs['conflicts']}; last byte -> 409 p50 {_ms(lat['p50'])}, "
                             f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}"),

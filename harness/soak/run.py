@@ -54,6 +54,7 @@ class Soak:
         self.service: EmbeddedService | None = None
         self.old_clients: list[ServiceClient] = []
         self.postgres_source: str | None = None
+        self.pooler_name: str | None = None
         self.load_s = 0.0
         self.settle_s = 0.0
         self.active_at_load_end: int | None = None
@@ -70,8 +71,9 @@ class Soak:
             self.interrupt.scopes.append(startup)
             result: dict[str, Any] | None = None
             with startup:
-                async with embedded_postgres() as cluster:
+                async with embedded_postgres(pooler=self.plan.pooler) as cluster:
                     self.postgres_source = cluster.source
+                    self.pooler_name = None if cluster.pooler is None else cluster.pooler.name
                     async with reference_service(cluster, self.load.provider.base_url,
                                                  lease_s=self.plan.lease_s,
                                                  instances=self.plan.instances) as service:
@@ -135,7 +137,8 @@ class Soak:
                           "total": time.monotonic() - t_start},
                 active_at_load_end=self.active_at_load_end, postgres=self.postgres_source,
                 harness_peak_rss_kib=machine.self_peak_rss_kib(),
-                machine={**machine_info(), "load_average_at_start": self.load_at_start})
+                machine={**machine_info(), "load_average_at_start": self.load_at_start},
+                pooler=self.pooler_name)
         finally:
             with trio.CancelScope(shield=True):
                 for client in [*load.clients, *self.old_clients]:

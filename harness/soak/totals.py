@@ -17,9 +17,11 @@ from raceharness.soak.plan import SCHEMA, SoakPlan
 def soak_result(plan: SoakPlan, tally: Tally, db: dict[str, Any], ledger: Sequence[Any], *,
                 interrupt_signal: str | None, timing_s: dict[str, float],
                 active_at_load_end: int | None, postgres: str | None,
-                harness_peak_rss_kib: int, machine: dict[str, Any]) -> dict[str, Any]:
+                harness_peak_rss_kib: int, machine: dict[str, Any],
+                pooler: str | None = None) -> dict[str, Any]:
     """``timing_s``: ``load``, ``settle`` and ``total`` seconds; ``db``: the counts from
-    ``ai_chat_runs`` (``run.db_totals``); ``ledger``: the fake provider's calls."""
+    ``ai_chat_runs`` (``run.db_totals``); ``ledger``: the fake provider's calls; ``pooler``:
+    what stood between the reference and Postgres (None: nothing)."""
     reqs = list(tally.reqs.values())
     all_runs: dict[str, str] = db["runs"]
     nonce_run = {r.nonce: r.run_id for r in reqs}
@@ -58,7 +60,7 @@ def soak_result(plan: SoakPlan, tally: Tally, db: dict[str, Any], ledger: Sequen
         "config": {"duration_s": plan.duration_s, "seed": plan.seed,
                    "instances": plan.instances, "concurrency": plan.concurrency,
                    "lease_s": plan.lease_s, "target": "embedded",
-                   "postgres": postgres, "autonomous_runs": False,
+                   "postgres": postgres, "pooler": pooler, "autonomous_runs": False,
                    "reproduce": plan.reproduce_line()},
         "timing_s": {k: round(timing_s[k], 3) for k in ("load", "settle", "total")},
         "settle": {"bound_s": plan.settle_bound_s,

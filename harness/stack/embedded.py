@@ -17,6 +17,14 @@ connected to it. From the service's side that is what a stopped server does — 
 dies with ``57P01 terminating connection due to administrator command`` (the same signal a
 shutdown sends each backend) and every new connection is refused — without stopping the cluster,
 which the test suite shares between tests and which a ``--dsn`` user may share with anything.
+
+With ``--pooler pgbouncer`` (``embedded_postgres(pooler=...)``), a PgBouncer in transaction
+pooling mode stands in front of the cluster (``stack/pooler.py``), and each reference instance
+reaches its database through it (``DATABASE_POOLER=transaction``), with its stop listener's one
+session connection straight to Postgres (``LISTEN_DSN``). The harness's own connections —
+observations, the outage controls, the set-up — always reach Postgres itself, so an outage
+taken through them is one the pooler has to live through too: its server connections are
+terminated with every other backend of the database, and it reconnects once it is back.
 """
 
 from __future__ import annotations
@@ -41,8 +49,10 @@ import httpx
 import psycopg
 import trio
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from raceharness.net.target import Target
+from raceharness.stack.pooler import POOLERS, PgBouncer, find_pgbouncer, start_pgbouncer
 from raceharness.stack.postgres import PostgresCluster, provision
 
 log = logging.getLogger(__name__)
@@ -273,12 +283,29 @@ def _ephemeral_low() -> int:
 
 
 @contextlib.asynccontextmanager
-async def embedded_postgres(dsn: str | None = None) -> AsyncIterator[PostgresCluster]:
+async def embedded_postgres(dsn: str | None = None, *, pooler: str | None = None
+                            ) -> AsyncIterator[PostgresCluster]:
+    """Postgres for the embedded stack; with ``pooler="pgbouncer"``, a PgBouncer in
+    transaction pooling mode in front of it (``cluster.pooler``), which every reference
+    service started on the cluster then reaches its database through (``reference_service``).
+    Raises ``PoolerUnavailable`` (a ``PostgresUnavailable``: exit 4) naming the package when
+    the pooler's binary is missing."""
+    if pooler is not None and pooler not in POOLERS:
+        raise ValueError(f"unknown pooler {pooler!r}; choose from {', '.join(POOLERS)}")
+    if pooler is not None:
+        await trio.to_thread.run_sync(find_pgbouncer)  # before Postgres: fail fast, naming it
     cluster = await trio.to_thread.run_sync(provision, dsn)
+    bouncer: PgBouncer | None = None
     try:
+        if pooler is not None:
+            bouncer = await trio.to_thread.run_sync(start_pgbouncer, cluster)
+            cluster.pooler = bouncer
         yield cluster
     finally:
         with trio.CancelScope(shield=True):
+            cluster.pooler = None
+            if bouncer is not None:
+                await trio.to_thread.run_sync(bouncer.close)
             await trio.to_thread.run_sync(cluster.close)
 
 
@@ -309,7 +336,8 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
                               admin_dsn=None if db_name is None else cluster.dsn,
                               db_name=db_name)
     lease = lease_s if lease_s is not None else 10.0
-    env = {**os.environ, "DATABASE_URL": dsn, "PROVIDER_BASE_URL": provider_url,
+    env = {**os.environ, **_database_env(cluster, dsn, db_name),
+           "PROVIDER_BASE_URL": provider_url,
            "REFERENCE_FAULTS": ",".join(faults),
            "REFERENCE_TOKENS": f"{service.token},{service.other_token}",
            "REFERENCE_PARENT_PID": str(os.getpid()),  # the reference exits if we die
@@ -325,8 +353,9 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
             for k in range(instances):
                 service.instances.append(await _start_process(
                     {**env, "INSTANCE_ID": f"embedded-{k}"}, free_port()))
-            log.info("embedded reference ready (%d instance%s) in %.2fs%s", instances,
+            log.info("embedded reference ready (%d instance%s) in %.2fs%s%s", instances,
                      "" if instances == 1 else "s", time.monotonic() - t0,
+                     f" through {cluster.pooler.name}" if cluster.pooler else "",
                      f" (FAULTS: {', '.join(faults)})" if faults else "")
             yield service
         finally:
@@ -339,6 +368,18 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
         if db_name is not None:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(cluster.drop_database, db_name)
+
+
+def _database_env(cluster: PostgresCluster, dsn: str, db_name: str | None) -> dict[str, str]:
+    """How the reference reaches its database: ``dsn`` itself, or through the cluster's
+    pooler (transaction pooling: nothing prepared, no session state), with the stop listener's
+    one session connection straight to Postgres (``LISTEN_DSN``). The harness's own
+    connections (``service.dsn``: observations, outage controls) never use the pooler."""
+    if cluster.pooler is None:
+        return {"DATABASE_URL": dsn, "DATABASE_POOLER": "none", "LISTEN_DSN": ""}
+    name = db_name if db_name is not None else str(conninfo_to_dict(dsn).get("dbname") or "")
+    return {"DATABASE_URL": cluster.pooler.dsn_for(name), "DATABASE_POOLER": "transaction",
+            "LISTEN_DSN": dsn}
 
 
 def _give_back(service: EmbeddedService) -> None:

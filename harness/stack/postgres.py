@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -103,11 +104,27 @@ def _scrub(text: str, dsn: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
+class Pooler(Protocol):
+    """A connection pooler the harness started in front of a cluster (``stack.pooler``)."""
+
+    @property
+    def name(self) -> str:
+        """What it is, e.g. ``PgBouncer 1.18.0 (pool_mode=transaction)``."""
+        ...
+
+    def dsn_for(self, dbname: str) -> str:
+        """A DSN for database ``dbname`` through the pooler."""
+        ...
+
+
 @dataclass
 class PostgresCluster:
     dsn: str
     source: str
     tempdir: str | None = None  # ephemeral clusters only: holds data/, the log and the socket
+    # A pooler in front of it, for the service under test only (``--pooler``); the harness's
+    # own connections (``dsn``, ``dsn_for``) always reach the server itself.
+    pooler: Pooler | None = field(default=None, compare=False)
     _finalizer: Callable[[], object] | None = field(
         default=None, init=False, repr=False, compare=False
     )

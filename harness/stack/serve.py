@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -13,13 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
+from psycopg.conninfo import conninfo_to_dict
 
 from raceharness.reference.auth import ensure_user_sync
 from raceharness.reference.faults import Fault
 from raceharness.reference.schema import apply_schema_sync
 from raceharness.reference.server import ForegroundServer, build_server
 from raceharness.reference.settings import Settings
+from raceharness.runtime import EXIT_UNREACHABLE
 from raceharness.shell.fake_provider import FakeProvider
+from raceharness.stack.pooler import PoolerUnavailable, find_pgbouncer, start_pgbouncer
 from raceharness.stack.postgres import PostgresCluster, provision, redact_dsn
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ class ServeOptions:
     autonomous_runs: bool
     lease_s: float
     heartbeat_interval_s: float
+    pooler: str | None = None  # "pgbouncer": serve through PgBouncer (transaction pooling)
 
 
 class ProviderThread:
@@ -101,11 +106,17 @@ def try_hint(url: str, token: str, generated: bool,
 
 
 async def _serve(opts: ServeOptions, dsn: str, token: str, provider_url: str,
-                 generated: bool = False) -> None:
-    settings = Settings(database_url=dsn, provider_base_url=provider_url,
+                 generated: bool = False, pooled_dsn: str | None = None,
+                 pooler_name: str = "") -> None:
+    """Serve on ``dsn``, or through a transaction pooler at ``pooled_dsn`` (no prepared
+    statements, no session state) with the stop listener on ``dsn`` (a session of its own,
+    straight to Postgres: a LISTEN does not outlive its transaction behind the pooler)."""
+    settings = Settings(database_url=pooled_dsn or dsn, provider_base_url=provider_url,
                         autonomous_runs=opts.autonomous_runs, faults=opts.faults,
                         lease_s=opts.lease_s, heartbeat_interval_s=opts.heartbeat_interval_s,
-                        reaper_interval_s=max(opts.heartbeat_interval_s, opts.lease_s / 3))
+                        reaper_interval_s=max(opts.heartbeat_interval_s, opts.lease_s / 3),
+                        database_pooler="transaction" if pooled_dsn else "none",
+                        listen_dsn=dsn if pooled_dsn else "")
     ensure_user_sync(dsn, "harness-user", token)
     reference = build_server(settings, opts.host, opts.port, server_class=ForegroundServer)
     url = f"http://{opts.host}:{opts.port}"
@@ -113,8 +124,9 @@ async def _serve(opts: ServeOptions, dsn: str, token: str, provider_url: str,
     async def announce() -> None:
         while not reference.started:  # noqa: ASYNC110 - uvicorn offers no event
             await asyncio.sleep(0.05)
-        print(f"reference server: {url}  (provider: {provider_url}, database: {redact_dsn(dsn)})",
-              flush=True)
+        through = f" through {pooler_name} at {redact_dsn(pooled_dsn)}" if pooled_dsn else ""
+        print(f"reference server: {url}  (provider: {provider_url}, database: {redact_dsn(dsn)}"
+              f"{through})", flush=True)
         if opts.faults:
             print(f"FAULTS ENABLED: {', '.join(sorted(f.value for f in opts.faults))}", flush=True)
         for line in try_hint(url, token, generated):
@@ -135,13 +147,29 @@ def serve_reference(opts: ServeOptions) -> int:
         token = secrets.token_urlsafe(18)
         print(f"bearer token (generated, since neither --token nor {TOKEN_VARIABLE} was "
               f"given): {token}", flush=True)
-    with provision(opts.dsn) as cluster:
+    if opts.pooler is not None:
+        try:
+            find_pgbouncer()  # before Postgres: a missing package is said at once
+        except PoolerUnavailable as exc:
+            print(f"harness: PgBouncer unavailable: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+    with provision(opts.dsn) as cluster, contextlib.ExitStack() as stack:
         dsn = prepare_database(cluster, cluster.source != "dsn", opts.faults)
+        pooled_dsn, pooler_name = None, ""
+        if opts.pooler is not None:
+            try:
+                bouncer = stack.enter_context(start_pgbouncer(cluster))
+            except PoolerUnavailable as exc:
+                print(f"harness: PgBouncer unavailable: {exc}", file=sys.stderr)
+                return EXIT_UNREACHABLE
+            pooled_dsn = bouncer.dsn_for(_dbname(dsn))
+            pooler_name = bouncer.name
         provider = None if opts.provider_url else ProviderThread(opts.host)
         try:
             provider_url = opts.provider_url or provider.start()  # type: ignore[union-attr]
             import uvloop
-            uvloop.run(_serve(opts, dsn, token, provider_url, generated))
+            uvloop.run(_serve(opts, dsn, token, provider_url, generated, pooled_dsn,
+                              pooler_name))
         except KeyboardInterrupt:
             pass
         finally:
@@ -149,3 +177,7 @@ def serve_reference(opts: ServeOptions) -> int:
                 provider.stop()
     print("stopped; everything it started is gone.", file=sys.stderr)
     return 0
+
+
+def _dbname(dsn: str) -> str:
+    return str(conninfo_to_dict(dsn).get("dbname") or "postgres")

@@ -57,6 +57,8 @@ EVERY_VARIABLE = {
     "REFERENCE_PARENT_PID": "4242",
     "APPLY_SCHEMA": "0",
     "PROVIDER_HISTORY_MESSAGES": "12",
+    "DATABASE_POOLER": " Transaction ",
+    "LISTEN_DSN": "postgresql://app:pg-pass-SECRET-31@db-direct.internal:5432/chat",
 }
 
 
@@ -69,7 +71,9 @@ def test_from_env_parses_every_variable() -> None:
         stop_notify=False, stop_wait_s=4.0, instance_id="box-7",
         faults=frozenset({Fault.NO_LEASE, Fault.BLANKET_500}), max_body_bytes=2048,
         pool_min_size=3, pool_max_size=9, pool_timeout_s=2.5, pool_reconnect_timeout_s=6.0,
-        settle_retry_s=90.0, parent_pid=4242, apply_schema=False, provider_history_messages=12)
+        settle_retry_s=90.0, parent_pid=4242, apply_schema=False, provider_history_messages=12,
+        database_pooler="transaction",
+        listen_dsn="postgresql://app:pg-pass-SECRET-31@db-direct.internal:5432/chat")
 
 
 def test_every_setting_has_a_variable_in_the_test() -> None:
@@ -138,6 +142,13 @@ def test_boolean_spellings(raw: str, expected: bool) -> None:
     ({"REFERENCE_FAULTS": "no-lease,bogus-fault"},
      f"REFERENCE_FAULTS: unknown fault 'bogus-fault'; valid faults: {', '.join(VALID_FAULTS)}"),
     ({"DATABASE_URL": ""}, "DATABASE_URL: required (a libpq DSN), got an empty value"),
+    ({"DATABASE_POOLER": "session"},
+     "DATABASE_POOLER: expected one of none, transaction, got 'session'"),
+    ({"DATABASE_POOLER": "transaction"},
+     "LISTEN_DSN: required with DATABASE_POOLER=transaction and STOP_NOTIFY=true (LISTEN "
+     "needs a session connection to Postgres itself, past the pooler); or set "
+     "STOP_NOTIFY=false and a stop received by another instance arrives with the heartbeat "
+     "poll (HEARTBEAT_INTERVAL_S), got an empty value"),
 ], ids=lambda v: "-".join(v) if isinstance(v, dict) else None)
 def test_bad_values_raise_naming_the_variable_and_value(env: dict[str, str],
                                                         message: str) -> None:

@@ -262,3 +262,17 @@ def test_soak_writes_a_fresh_folder_by_default_never_the_committed_reports(
     assert seeds == [{"soak": 11}, {"soak": 12}]
     assert "results go to " + str(runs[0]) in capsys.readouterr().err
     assert "\nProvenance: " in (runs[0] / "soak.md").read_text()
+
+
+def test_the_pooler_is_part_of_the_plan_and_its_reproduce_line() -> None:
+    import argparse
+
+    from raceharness.soak.plan import SoakPlan, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    plan = SoakPlan.from_args(parser.parse_args(["--duration", "30", "--pooler", "pgbouncer"]), 4)
+    assert plan.pooler == "pgbouncer"
+    assert plan.reproduce_line() == ("harness soak --duration 30 --seed 4 --instances 2 "
+                                     "--concurrency 4 --lease-s 3 --pooler pgbouncer")
+    assert SoakPlan.from_args(parser.parse_args([]), 4).pooler is None
