@@ -1,6 +1,28 @@
-"""Control of the embedded stack: a crash (kill-owner, restart-service, expire-lease) and the
-database taken away (database-outage, database-down, burst-into-outage, burst-during-outage,
-database-up). The harness never kills or breaks what it did not start."""
+"""Control of the service and its database: a crash (kill-owner, restart-service,
+expire-lease) and the database taken away (database-outage, database-down, burst-into-outage,
+burst-during-outage, database-up).
+
+``ctx.control`` is the embedded stack (stack/embedded.py ``EmbeddedService``) or, against a
+``--target``, the profile's ``[control]`` commands (shell/control.py ``CommandControl``): the
+harness never kills or breaks what it did not start unless told how. What each step asks of
+the commands:
+
+- ``kill-owner`` runs ``kill`` for the instance that answered the winner's stream request (the
+  racers go round-robin to the instance URLs, so it is known); with several instances and no
+  winner the owner is unknown: nothing is killed and the trial is cut short (its recovery
+  properties unknown), never a guess.
+- ``restart-service`` runs ``start`` (then waits until the instance answers); its turn must
+  reach the service within the dead owner's lease, so when the restart outlasted the lease
+  minus a heartbeat (the declared one, else a third of the lease) and 0.25 s, the turn is not
+  sent (recovery/lease-reclaims unknown, not invalid).
+- ``database-outage`` runs ``reject_run_inserts`` / ``accept_run_inserts`` when declared (only
+  the run INSERTs fail: the gate's failure path, as on the embedded stack); otherwise
+  ``db_down`` / ``db_up`` (the turns meet a database that is away: they must still fail
+  closed, but a begin failing *at the INSERT* is then not exercised).
+- ``database-down`` / ``database-up`` run ``db_down`` / ``db_up``.
+- ``burst-into-outage`` is not available to commands (holding turns inside the gate takes a
+  write transaction on the service's database): ``db-outage-mid-race`` is skipped, saying so.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +42,38 @@ from raceharness.trial.steps.base import (
     P_STOP,
     Program,
     StepNotAvailable,
+    log,
     step,
 )
 from raceharness.trial.steps.observe import final_run, snapshot
 
 
-def _control(p: Program, name: str) -> Any:
+def _control(p: Program, name: str, action: str | None = None) -> Any:
     if p.ctx.control is None:
-        raise StepNotAvailable(f"{name}: needs the embedded stack (the harness never kills "
-                               "or breaks what it did not start)")
-    return p.ctx.control
+        raise StepNotAvailable(f"{name}: needs control of the service: the embedded stack, or "
+                               "a [control] section in the target profile (the harness never "
+                               "kills or breaks what it did not start unless told how)")
+    control = p.ctx.control
+    why = None if action is None else _unavailable(control, action)
+    if why:
+        raise StepNotAvailable(f"{name}: {why}")
+    return control
+
+
+def _unavailable(control: Any, action: str) -> str | None:
+    """Why the control cannot do ``action`` (the embedded stack can do everything)."""
+    ask = getattr(control, "unavailable", None)
+    return None if ask is None else ask(action)
+
+
+def _owner(p: Program) -> int | None:
+    """The instance streaming the winner's run: the one its racer's request went to (the
+    racers are spread over the instances round-robin). With one instance it is that one; with
+    several and no winner it is unknown."""
+    st, instances = p.state, len(p.ctx.targets)
+    if st.winner is None:
+        return 0 if instances == 1 else None
+    return st.winner % instances
 
 
 # -- a crash: the owner killed, restarted, its run reclaimed ---------------------------------
@@ -37,9 +81,15 @@ def _control(p: Program, name: str) -> Any:
 @step("kill-owner")
 async def kill_owner(p: Program, call: Step) -> None:
     """SIGKILL the instance that streams the winner's run: a crash, no cleanup."""
-    control, st = _control(p, "kill-owner"), p.state
-    owner = 0 if st.winner is None else st.winner % len(p.ctx.targets)
+    control, st = _control(p, "kill-owner", "kill"), p.state
+    owner = _owner(p)
     p.rec.add("invoke", "kill", P_STOP, None, {"instance": owner, "run_id": st.winner_run_id()})
+    if owner is None:
+        why = (f"no racer won, so the owner among {len(p.ctx.targets)} instances is unknown: "
+               "nothing was killed")
+        p.rec.add("info", "kill", P_STOP, None, {"instance": None, "why": why})
+        p.decided = f"kill-owner: {why}"
+        return
     await control.kill(owner)
     p.rec.add("ok", "kill", P_STOP, None, {"instance": owner})
     p.meta["killed_instance"] = owner
@@ -48,10 +98,41 @@ async def kill_owner(p: Program, call: Step) -> None:
 @step("restart-service")
 async def restart_service(p: Program, call: Step) -> None:
     """Start the killed instance again; then a turn within the lease must still get 409."""
-    control = _control(p, "restart-service")
+    control = _control(p, "restart-service", "restart")
     k = p.meta.get("killed_instance", 0)
+    p.rec.add("invoke", "restart", P_STOP, None, {"instance": k})
     await control.restart(k)
+    killed = [op.time_ns for op in p.rec.ops if op.f == "kill" and op.type == "invoke"]
+    since_s = (time.monotonic_ns() - killed[-1]) / 1e9 if killed else 0.0
+    window_s = _lease_window_s(p)
+    p.rec.add("ok", "restart", P_STOP, None, {"instance": k, "since_kill_ms": round(
+        since_s * 1000), "lease_window_ms": round(window_s * 1000)})
+    # A deployment's restart takes its own time (the profile's start command): past the lease
+    # a 200 would be no finding, so the turn is not sent and the scenario says so. (On the
+    # embedded stack the restart is the harness's own, and the turn is sent as before.)
+    timed = getattr(control, "declared", None) is not None  # shell/control.py CommandControl
+    if timed and since_s > window_s - LEASE_MARGIN_S:
+        log.warning("restart-service: the restart took %.1f s from the kill, past the dead "
+                    "owner's lease minus a heartbeat (%.1f s): no turn within the lease",
+                    since_s, window_s)
+        p.meta["blocked_turn"] = (f"not sent: the restart took {since_s:.1f} s from the kill, "
+                                  f"past the lease minus a heartbeat ({window_s:.1f} s)")
+        return
     await whole_turn(p.ctx, p.rec, P_PROBE, "blocked", p.state.chat_id, p.bound_s)
+
+
+LEASE_MARGIN_S = 0.25  # a turn's way to the service's pre-check
+
+
+def _lease_window_s(p: Program) -> float:
+    """How long after the kill the dead owner's run is certainly still leased: the lease less
+    one heartbeat (it was last renewed up to a heartbeat before the kill). Without a declared
+    heartbeat, a third of the lease (the embedded stack's)."""
+    declared = getattr(p.ctx.control, "declared", None) or {}
+    lease_s = p.ctx.settings.get("lease_s") or p.scenario.lease_s or 10.0
+    heartbeat_s = (p.ctx.settings.get("heartbeat_s") or declared.get("heartbeat_s")
+                   or p.scenario.heartbeat_s or lease_s / 3)
+    return max(0.0, lease_s - heartbeat_s)
 
 
 @step("expire-lease")
@@ -70,24 +151,33 @@ async def expire_lease(p: Program, call: Step) -> None:
 @step("database-outage")
 async def database_outage(p: Program, call: Step) -> None:
     """While run inserts fail in the database, N turns must each get 503
-    A_RUN_BEGIN_FAILED: no stream, no provider call."""
+    A_RUN_BEGIN_FAILED: no stream, no provider call. Against a --target without the
+    insert commands, the database is taken away instead (and given back after)."""
     control = _control(p, "database-outage")
     n = p.ctx.config.n
-    await trio.to_thread.run_sync(control.reject_run_inserts, True)
-    try:
-        async with trio.open_nursery() as nursery:
-            for i in range(n):
-                nursery.start_soon(whole_turn, p.ctx, p.rec, P_PROBE + i, f"outage{i}",
-                                   p.state.chat_id, p.bound_s)
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(control.reject_run_inserts, False)
+    if _unavailable(control, "reject_run_inserts") is None:
+        p.meta["outage"] = "run-inserts-rejected"
+        await trio.to_thread.run_sync(control.reject_run_inserts, True)
+        try:
+            await _outage_turns(p, n, "outage")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(control.reject_run_inserts, False)
+        return
+    why = _unavailable(control, "database")
+    if why or not control.controls_database:
+        raise StepNotAvailable(f"database-outage: {why or 'no database of its own to fail'}; "
+                               "nor control.reject_run_inserts")
+    p.meta["outage"] = "database-down"
+    await _take_database_down(p, control, "idle")
+    await _outage_turns(p, n, "outage")
+    await _give_database_back(p, control, p.bound_s)
 
 
 # -- a real database outage: backends terminated, connections refused ------------------------
 
-def _database_control(p: Program, name: str) -> Any:
-    control = _control(p, name)
+def _database_control(p: Program, name: str, action: str = "database") -> Any:
+    control = _control(p, name, action)
     if not control.controls_database:
         raise StepNotAvailable(f"{name}: the service runs on the DSN's own database; the "
                                "harness takes away only a database it created")
@@ -123,7 +213,7 @@ async def burst_into_outage(p: Program, call: Step) -> None:
     behind an uncommitted run of the harness's) until all N wait there, then takes the
     database away under them. Each must get a clean refusal: no stream, no provider call.
     The database stays down."""
-    control = _database_control(p, "burst-into-outage")
+    control = _database_control(p, "burst-into-outage", "hold_gate")
     n = call.arg("n", p.ctx.config.n)
     if p.state.chat_id is None:
         raise StepNotAvailable("burst-into-outage: no chat yet")
@@ -157,6 +247,12 @@ async def database_up(p: Program, call: Step) -> None:
     """Give the database back; then observe the chat until the service answers and no
     run of it is active (bounded by within_s), and record what was seen last."""
     control = _database_control(p, "database-up")
+    await _give_database_back(p, control, call.arg("within_s"))
+
+
+async def _give_database_back(p: Program, control: Any, within_s: float) -> None:
+    """Give the database back; then observe the chat until the service answers and no run of
+    it is active (bounded by ``within_s``), and record what was seen last."""
     p.rec.add("invoke", "database", P_DATABASE, None, {"action": "up"})
     await trio.to_thread.run_sync(control.database_up)
     p.state.database_down = False
@@ -164,7 +260,6 @@ async def database_up(p: Program, call: Step) -> None:
     chat_id = p.state.chat_id
     if chat_id is None:
         return
-    within_s = call.arg("within_s")
     p.rec.add("invoke", "runs", P_OBSERVE, None,
               {"chat_id": chat_id, "phase": Phase.RECOVERED.value, "within_s": within_s})
     t0 = time.monotonic()
