@@ -43,17 +43,23 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 # What a scenario may need from the system under test. The embedded stack has all of them (it
 # starts the reference with the setting a scenario asks for); a --target has "provider" with
 # --provider-listen, "db" with --dsn, "other-token" with --other-token, the disconnect
-# behaviours when declared with --capability, and never the control capabilities: the harness
-# does not kill or stop what it did not start.
+# behaviours when declared with --capability, and the control capabilities only when its
+# profile's [control] section says how (net/control_spec.py): the harness does not kill or stop
+# what it did not start unless told how.
 CAPABILITIES: dict[str, str] = {
     "provider": "the target uses the harness's fake provider (--provider-listen)",
     "db": "read-only database access (--dsn)",
     "other-token": "a second user's token (--other-token)",
     "autonomous-runs": "a client disconnect lets the run finish (AUTONOMOUS_RUNS=true)",
     "disconnect-stops": "a client disconnect stops the run (AUTONOMOUS_RUNS=false)",
-    "service-control": "the harness may kill and restart the service's processes",
-    "db-control": "the harness may stop and start the service's database",
-    "multi-instance": "several instances of the service share one database",
+    "service-control": "the harness may kill and restart the service's processes (a "
+                       "target: [control] kill and start in its profile)",
+    "db-control": "the harness may stop and start the service's database (a target: "
+                  "[control] db_down and db_up in its profile)",
+    "multi-instance": "several instances of the service share one database (a target: "
+                      "[control] instances, two or more URLs, in its profile)",
+    "client-chat-ids": "a turn may name a chat that does not exist yet and create it (the "
+                       "adapter's; e.g. LangGraph's if_not_exists)",
 }
 
 # What a scenario may assume of the service's configuration. The embedded stack starts the

@@ -134,8 +134,14 @@ def _reject_constant(name: str) -> Any:
 class SseParser:
     """Bytes in, :class:`Frame` values out; problems go to ``findings``. See the module doc."""
 
-    def __init__(self, *, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+    def __init__(self, *, max_event_bytes: int = MAX_EVENT_BYTES,
+                 event_typed: bool = False) -> None:
         self.max_event_bytes = max_event_bytes
+        # ``event_typed``: the frame's type is the event's ``event:`` name ("message" when
+        # none) and its data any JSON value, kept as ``{"type": name, "data": value}`` (a run
+        # event stream such as LangGraph's, whose data carry no ``type``).
+        self.event_typed = event_typed
+        self._event_name = ""
         self.findings: list[Finding] = []
         self.comments = 0
         self.closed = False
@@ -235,6 +241,8 @@ class SseParser:
             value = value[1:]
         if name == "data":
             self._data.append(value)
+        elif name == "event":
+            self._event_name = value
         elif name not in _IGNORED_FIELDS:
             self._find("unknown-field-line", line_start,
                        f"unknown SSE field name={_excerpt(name)} "
@@ -243,13 +251,14 @@ class SseParser:
 
     def _end_event(self) -> Frame | None:
         start, lines, oversize = self._event_start, self._data, self._oversize
+        event, self._event_name = self._event_name or "message", ""
         self._event_start, self._data, self._oversize, self._event_size = None, [], False, 0
         if oversize or not lines or start is None:
             return None
-        return self._decode(start, "\n".join(lines))
+        return self._decode(start, "\n".join(lines), event)
 
-    def _decode(self, offset: int, text: str) -> Frame | None:
-        if text == DONE_DATA:
+    def _decode(self, offset: int, text: str, event: str = "message") -> Frame | None:
+        if text == DONE_DATA and not self.event_typed:
             return Frame(None, done=True, offset=offset)
         try:
             value = json.loads(text, parse_constant=_reject_constant)
@@ -258,6 +267,8 @@ class SseParser:
             self._find("bad-json", offset, f"event data is not JSON ({detail}): "
                                            f"data={_excerpt(text)}")
             return None
+        if self.event_typed:
+            return Frame({"type": event, "data": value}, offset=offset)
         if not isinstance(value, dict):
             self._find("not-an-object", offset,
                        f"event data is JSON {type(value).__name__}, not an object: "
@@ -308,6 +319,11 @@ class UiStream:
         self._started = False
         self._open_parts: set[str] = set()
         self._last_offset = 0
+
+    @property
+    def started(self) -> bool:
+        """The start frame was seen (a racer counts as answered)."""
+        return self._started
 
     def on_frame(self, frame: Frame, offset: int) -> None:
         if self.closed:

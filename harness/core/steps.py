@@ -102,6 +102,9 @@ _SPECS: tuple[StepSpec, ...] = (
              "reuse_chat keeps one across trials)"),
     StepSpec("new-chats", "N first turns at once, one fresh chat each",
              (_arg("n", int, "chats", derived="the scenario's n (--n)"),)),
+    StepSpec("fresh-chat-id", "a chat id nobody made yet: the burst's turns race to create "
+             "the chat (create-on-first-turn)", requires=frozenset({"client-chat-ids"})),
+    StepSpec("count-chats", "how many chat records the target holds under the chat's id"),
     StepSpec("hold-turn", "a turn the provider holds after one token (the chat's holder)"),
     StepSpec("burst", "N turns released together; the first answered 200 is the winner", (
         _arg("n", int, "racers", derived="the scenario's n (--n)"),

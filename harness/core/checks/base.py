@@ -12,11 +12,13 @@ Evidence conventions (what the race engine records; the ops: ``turns`` and ``obs
   by ``history.loads_trials`` for a trial that never said ``ended``); ``conflict: {status,
   code, holder}``, the target's answer to a turn on a held chat (its profile's ``[conflict]``;
   absent: the protocol's, 409 ``A_RUN_ALREADY_ACTIVE`` naming the holder in ``activeRunId``;
-  ``code`` / ``holder`` ``""``: no code to check / no holder named); ``conflict_holder_id:
-  false`` when the target's conflict answer cannot name the holder (the engine sets it with
-  ``holder = ""``). ``trial.provider``: the ledger or None; an entry with
-  ``complete=False`` is a *contact* (a connection closed before a whole request, no nonce);
-  ``trial.db``: snapshots or None.
+  ``code`` / ``holder`` ``""``: no code to check / no holder named; ``pattern``: a regular
+  expression the answer's ``body`` text must match); ``conflict_holder_id: false`` (older
+  histories) when the target's conflict answer cannot name the holder; ``adapter`` and
+  ``stream_end`` (``frame``, or ``status``: streams end without a terminal frame and the
+  engine read the terminal from the run's status). ``trial.provider``: the ledger or None;
+  an entry with ``complete=False`` is a *contact* (a connection closed before a whole
+  request, no nonce); ``trial.db``: snapshots or None.
 
 Decisions
 ---------
@@ -136,6 +138,7 @@ class ConflictAnswer:
     status: int = CONFLICT_STATUS
     code: str = RUN_ALREADY_ACTIVE  # the JSON body's ``code``; "": no code to check
     holder: str = CONFLICT_HOLDER   # the JSON field naming the holder's run id; "": none
+    pattern: str = ""               # a regular expression the body must match; "": none
 
     @property
     def json(self) -> bool:
@@ -146,6 +149,8 @@ class ConflictAnswer:
         """How a reason names it: ``409 A_RUN_ALREADY_ACTIVE``, ``423 CHAT_BUSY``, ``409``; with
         ``json``, ``JSON `` first when the answer carries a JSON body."""
         what = f"{self.status} {self.code}" if self.code else str(self.status)
+        if self.pattern:
+            what += f" matching /{self.pattern}/"
         return f"JSON {what}" if json and self.json else what
 
 
@@ -158,11 +163,12 @@ def conflict_answer(meta: Mapping[str, Any]) -> ConflictAnswer:
         raise TypeError(f"meta: conflict={table!r} is not a table")
     default = ConflictAnswer()
     status = _int(table.get("status", default.status), "meta: conflict.status")
-    code, holder = (table.get(key, getattr(default, key)) for key in ("code", "holder"))
-    for key, value in (("code", code), ("holder", holder)):
+    code, holder, pattern = (table.get(key, getattr(default, key))
+                             for key in ("code", "holder", "pattern"))
+    for key, value in (("code", code), ("holder", holder), ("pattern", pattern)):
         if not isinstance(value, str):
             raise TypeError(f"meta: conflict.{key}={value!r} is not a string")
-    return ConflictAnswer(status, code, holder)
+    return ConflictAnswer(status, code, holder, pattern)
 
 
 # -- wording -------------------------------------------------------------------------------------

@@ -97,3 +97,41 @@ def chats_one_winner_each(trial: Trial) -> CheckResult:
                            f"({_statuses(undecided)})", _ops(undecided))
     return CheckResult(prop, "valid", f"each of {len(by_chat)} chats had exactly one winner; "
                        f"the other {len(racers) - len(by_chat)} turns got {answer.status}")
+
+
+@check("chats/created-once", scope="scenario", evidence=("racers", "chats"),
+       summary="turns racing to create a chat: one winner, one chat record")
+def chats_created_once(trial: Trial) -> CheckResult:
+    """N turns on a chat id nobody made yet (``fresh-chat-id``), then ``count-chats``: exactly
+    one racer got 200 and the target holds exactly one chat record under that id. A count the
+    target could not give (``count: null``) is ``unknown``; duplicates, or no record behind a
+    winner, are ``invalid``."""
+    prop = "chats/created-once"
+    racers = turns(trial, "racer")
+    if not racers:
+        return CheckResult(prop, "unknown", "no racers recorded")
+    won = [r for r in racers if r.outcome != "fail" and r.got_200]
+    if len(won) > 1:
+        return CheckResult(prop, "invalid", f"{len(won)} racers got 200 on one new chat "
+                           f"({_cite(_ops(won))})", _ops(won))
+    counts = [op for op in trial.ops if op.f == "chats" and op.type in ("ok", "info")]
+    if not counts or counts[-1].type != "ok":
+        return CheckResult(prop, "unknown", "the chat's records were not counted (no answered "
+                           "count-chats)")
+    last = counts[-1]
+    count = last.value.get("count")
+    if count is None:
+        return CheckResult(prop, "unknown", f"op {last.index}: the target cannot count chat "
+                           f"records (status {last.value.get('status')})")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise TypeError(f"op {last.index}: count={count!r} is not an int >= 0")
+    if count > 1:
+        return CheckResult(prop, "invalid", f"op {last.index}: {count} chat records under one "
+                           "chat id after the racers created it (duplicates)", (last.index,))
+    if not won:
+        return CheckResult(prop, "unknown", f"no racer got 200 ({_statuses(racers)}): the "
+                           "chat was not created by the race")
+    if count == 0:
+        return CheckResult(prop, "invalid", f"op {last.index}: no chat record, yet op "
+                           f"{won[0].index} got 200 on it", (last.index, won[0].index))
+    return CheckResult(prop, "valid", f"one winner of {len(racers)} and one chat record")

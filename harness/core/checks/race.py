@@ -1,5 +1,6 @@
 """The race happened, it had one winner, and the losers were answered right: conformance.md §2's
-``race/overlap-achieved``, ``race/one-winner``, ``race/losers-409`` and ``race/losers-fast``.
+``race/overlap-achieved``, ``race/one-winner``, ``race/losers-409``, ``race/holder-named`` and
+``race/losers-fast``.
 Pure.
 
 Decisions
@@ -8,13 +9,15 @@ Decisions
   the stream did not end): ``race/one-winner`` counts both.
 - ``race/overlap-achieved`` is never ``invalid``: a race that did not happen proves nothing.
 - ``race/losers-409``: every loser got the target's conflict answer (``meta.conflict``; absent:
-  the protocol's JSON 409 ``A_RUN_ALREADY_ACTIVE`` naming the holder in ``activeRunId``). The
-  holder it names must be a known run of the chat (the ``run_id`` of any 200 turn on it, or a
-  run an observation of it showed active); ``null`` is a violation while a known run was active
-  at the loser's answer, and allowed otherwise (the holder may have ended). With
-  ``meta.conflict_holder_id`` false or ``meta.conflict.holder`` ``""`` the id is not checked and
-  the property cannot be ``valid``. No racer got 200 on a chat nothing held (no ``holder`` turn
-  got 200, no observation showed a run active): every conflict answer there is a false conflict.
+  the protocol's JSON 409 ``A_RUN_ALREADY_ACTIVE``). No racer got 200 on a chat nothing held
+  (no ``holder`` turn got 200, no observation showed a run active): every conflict answer
+  there is a false conflict.
+- ``race/holder-named``: the holder each conflict answer names (``meta.conflict.holder``,
+  default ``activeRunId``) must be a known run of the chat (the ``run_id`` of any 200 turn on
+  it, or a run an observation of it showed active); ``null`` is a violation while a known run
+  was active at the loser's answer, and allowed otherwise (the holder may have ended). A target
+  whose answer names no holder (``holder = ""``, or ``meta.conflict_holder_id`` false) gives no
+  evidence: ``unknown`` (its adapter declares the property not checkable).
 - A racer whose request never reached the target (fail) makes the properties about it
   ``unknown``, never ``invalid``; a racer with no answer (info) is a hang: ``invalid`` for the
   loser properties, undecided for ``race/one-winner``.
@@ -111,8 +114,8 @@ def one_winner(trial: Trial) -> CheckResult:
 
 
 @check("race/losers-409", scope="race",
-       evidence=("racers", "turns", "stops", "runs", "db", "meta"),
-       summary="every loser gets a JSON 409 naming the holder")
+       evidence=("racers", "turns", "runs", "db", "meta"),
+       summary="every loser gets the target's conflict answer (a JSON 409)")
 def losers_409(trial: Trial) -> CheckResult:
     prop = "race/losers-409"
     racers = turns(trial, "racer")
@@ -132,7 +135,8 @@ def losers_409(trial: Trial) -> CheckResult:
             conflicts.append(r)
     if bad:
         what = [f"op {r.index}: no answer" if r.outcome == "info"
-                else f"op {r.index}: {r.status} code={r.code} json={_json(r)}" for r in bad]
+                else f"op {r.index}: {r.status} code={r.code} json={_json(r)}"
+                + (f" body={_body(r)!r}" if answer.pattern else "") for r in bad]
         return CheckResult(prop, "invalid", f"{len(bad)} of {len(lost)} losers not a "
                            f"{answer.describe(json=True)}: {_listing(what)}", _ops(bad))
     chats = [_chat_of(r) for r in conflicts]
@@ -142,38 +146,53 @@ def losers_409(trial: Trial) -> CheckResult:
         return CheckResult(prop, "invalid", f"no racer got 200 and nothing held the chat, yet "
                            f"{len(false)} racer(s) got {answer.status}: false conflicts "
                            f"({_cite(_ops(false))})", _ops(false))
-    named = trial.meta.get("conflict_holder_id") is not False and bool(answer.holder)
-    holder_field = answer.holder or "holder"
-    wrong: list[tuple[Request, str]] = []
-    known = {chat: _known_runs(trial, chat) for chat in held} if named else {}
+    if undecided:
+        return CheckResult(prop, "unknown", f"{len(undecided)} of {len(lost)} losers got 429 or "
+                           f"never reached the target ({_cite(_ops(undecided))})", _ops(undecided))
+    return CheckResult(prop, "valid", f"all {len(lost)} losers got {answer.describe()} "
+                       "while a run held the chat")
+
+
+@check("race/holder-named", scope="race",
+       evidence=("racers", "turns", "stops", "runs", "db", "meta"),
+       summary="each conflict answer names the run holding the chat")
+def holder_named(trial: Trial) -> CheckResult:
+    prop = "race/holder-named"
+    racers = turns(trial, "racer")
+    lost = losers(racers, find_winner(racers))
+    answer = conflict_answer(trial.meta)
+    if trial.meta.get("conflict_holder_id") is False or not answer.holder:
+        why = ("meta conflict_holder_id: false" if answer.holder
+               else 'meta conflict.holder: ""')
+        return CheckResult(prop, "unknown", f"the target's conflict answer names no holder "
+                           f"({why}): nothing to check")
+    conflicts = [r for r in lost if r.outcome == "ok" and _conflict(r, answer)]
+    if not conflicts:
+        return CheckResult(prop, "unknown", f"no loser got {answer.describe()} "
+                           f"({_statuses(lost) or 'no losers'})")
+    chats = [_chat_of(r) for r in conflicts]
+    known = {chat: _known_runs(trial, chat) for chat in set(chats)}
     tracked = _tracked_runs(trial)
-    for r, chat in zip(conflicts, chats, strict=True) if named else ():
-        assert r.completion is not None  # a 409 was answered
+    wrong: list[tuple[Request, str]] = []
+    for r, chat in zip(conflicts, chats, strict=True):
+        assert r.completion is not None  # a conflict was answered
         active = r.completion.value.get("active_run_id")
         if active is not None and not isinstance(active, str):
             active = r.active_run_id  # the strict reader names the op
         if active is not None:
             if active not in known[chat]:
-                wrong.append((r, f"op {r.index}: {holder_field} {active} names no run that held "
-                                 "the chat"))
+                wrong.append((r, f"op {r.index}: {answer.holder} {active} names no run that "
+                                 "held the chat"))
         elif (holder := _active_at(trial, r, tracked.get(chat, ()))) is not None:
-            wrong.append((r, f"op {r.index}: {holder_field} null while run {holder} was active"))
+            wrong.append((r, f"op {r.index}: {answer.holder} null while run {holder} was "
+                             "active"))
     if wrong:
-        return CheckResult(prop, "invalid", f"{len(wrong)} of {len(lost)} losers' "
-                           f"{answer.status} named the wrong holder (protocol §2.3/§2.5: the "
-                           f"holder's id, null only once it ended): "
-                           f"{_listing([w for _, w in wrong])}",
+        return CheckResult(prop, "invalid", f"{len(wrong)} of {len(conflicts)} conflict "
+                           f"answers named the wrong holder (protocol §2.3/§2.5: the holder's "
+                           f"id, null only once it ended): {_listing([w for _, w in wrong])}",
                            _ops(r for r, _ in wrong))
-    if undecided:
-        return CheckResult(prop, "unknown", f"{len(undecided)} of {len(lost)} losers got 429 or "
-                           f"never reached the target ({_cite(_ops(undecided))})", _ops(undecided))
-    if not named:
-        why = "meta conflict_holder_id: false" if answer.holder else 'meta conflict.holder: ""'
-        return CheckResult(prop, "unknown", f"all {len(lost)} losers got "
-                           f"{answer.describe()}, but the target's conflict answer cannot name "
-                           f"the holder ({why}): {holder_field} unchecked")
-    return CheckResult(prop, "valid", f"all {len(lost)} losers got {answer.describe()} "
-                       "naming a run that held the chat")
+    return CheckResult(prop, "valid", f"all {len(conflicts)} conflict answers named a run "
+                       f"that held the chat ({answer.holder})")
 
 
 def _known_runs(trial: Trial, chat: str | None) -> set[str]:
@@ -215,6 +234,12 @@ def _active_at(trial: Trial, loser: Request,
         if turn.index != loser.index and start <= at < run_end_ns(trial, turn):
             return run_id
     return None
+
+
+def _body(r: Request) -> str:
+    """The start of ``r``'s answer body, as recorded (for a reason)."""
+    body = r.completion.value.get("body") if r.completion is not None else None
+    return body[:60] if isinstance(body, str) else ""
 
 
 def _chat_of(r: Request) -> str | None:

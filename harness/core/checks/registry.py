@@ -32,8 +32,8 @@ from raceharness.core.history import Trial
 
 Checker = Callable[[Trial], CheckResult]
 Scope = Literal["race", "scenario"]
-Evidence = Literal["racers", "turns", "stops", "runs", "probes", "outages", "provider", "db",
-                   "meta"]
+Evidence = Literal["racers", "turns", "stops", "runs", "chats", "probes", "outages", "provider",
+                   "db", "meta"]
 
 SCOPES: dict[Scope, str] = {
     "race": "a property of every race (conformance.md §2): checked when no list is given",
@@ -44,6 +44,7 @@ EVIDENCE: dict[Evidence, str] = {
     "turns": "turn ops of the other roles (setup, holder, released, storm, outage..., blocked)",
     "stops": "stop ops (/stop)",
     "runs": "runs and run ops (/runs and /run answers)",
+    "chats": "chats ops (how many chat records the target holds under an id: count-chats)",
     "probes": "probe ops (another user's token, bad input)",
     "outages": "database ops (the database taken away and given back)",
     "provider": "the fake provider's ledger (trial.provider)",

@@ -194,7 +194,9 @@ def winner_stoppable(trial: Trial) -> CheckResult:
         ops.add(index)
     else:
         status = _int(answer.get("status"), f"op {answer.index}: status")
-        if status != 200 or answer.get("stopped") is not True:
+        # a 2xx saying it stopped the run (an adapter maps its target's answer: LangGraph's
+        # cancel is 202 with no body)
+        if not 200 <= status < 300 or answer.get("stopped") is not True:
             problems.append(f"op {answer.index}: /stop answered {status} "
                             f"stopped={answer.get('stopped')!r}")
             ops.add(answer.index)

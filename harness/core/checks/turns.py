@@ -27,6 +27,7 @@ Evidence conventions (what the race engine records)
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +215,13 @@ def _conflict(r: Request, answer: ConflictAnswer) -> bool:
     """``r`` was answered the target's conflict answer: its status, a JSON body when the answer
     carries one, and its code when there is one to check."""
     return (r.status == answer.status and (not answer.json or _json(r))
-            and (not answer.code or r.code == answer.code))
+            and (not answer.code or r.code == answer.code)
+            and (not answer.pattern or _body_matches(r, answer.pattern)))
+
+
+def _body_matches(r: Request, pattern: str) -> bool:
+    body = r.completion.value.get("body") if r.completion is not None else None
+    return isinstance(body, str) and re.search(pattern, body) is not None
 
 
 def _rate_limited(r: Request, answer: ConflictAnswer) -> bool:

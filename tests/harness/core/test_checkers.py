@@ -208,6 +208,18 @@ def replace_call(index: int, **changes: Any) -> list[ProviderCall]:
     return [dataclasses.replace(c, **changes) if c.index == index else c for c in MODEL_PROVIDER]
 
 
+PATTERN = "already has an active run"
+BUSY_BODY = '{"code":"A_RUN_ALREADY_ACTIVE","message":"chat already has an active run"}'
+OTHER_BODY = '{"code":"A_RUN_ALREADY_ACTIVE","message":"try again later"}'
+
+
+def bodies(pattern: str, body_a: str | None, body_b: str | None) -> Trial:
+    """The model with the losers' recorded error bodies and ``meta.conflict.pattern``."""
+    trial = patch(patch(model(), LOSER_A, body=body_a), LOSER_B, body=body_b)
+    return with_meta(trial, conflict={"status": 409, "code": "A_RUN_ALREADY_ACTIVE",
+                                      "holder": "activeRunId", "pattern": pattern})
+
+
 def only_losers() -> Trial:
     """The model where the winner got 409 too: no 200 among the racers."""
     return retype(model(), WINNER, "ok", status=409, code="A_RUN_ALREADY_ACTIVE", json=True,
@@ -279,6 +291,40 @@ CASES: list[Case] = [
      "unknown", (LOSER_A,), "1 of 2 losers got 429"),
     ("race/losers-409", lambda: patch(patch(model(), LOSER_A, status=429), LOSER_B, status=503),
      "invalid", (LOSER_B,), "op 6: 503"),
+    # the holder an answer names is race/holder-named's: a wrong one leaves losers-409 valid
+    ("race/losers-409", lambda: patch(model(), LOSER_B, active_run_id="run-zz"), "valid", (),
+     "all 2 losers got 409 A_RUN_ALREADY_ACTIVE while a run held the chat"),
+    # meta.conflict.pattern: the answer's recorded body text must match it
+    ("race/losers-409", lambda: bodies(PATTERN, BUSY_BODY, BUSY_BODY), "valid", (),
+     "all 2 losers got 409 A_RUN_ALREADY_ACTIVE matching /already has an active run/"),
+    ("race/losers-409", lambda: bodies(PATTERN, BUSY_BODY, OTHER_BODY), "invalid", (LOSER_B,),
+     "1 of 2 losers not a JSON 409 A_RUN_ALREADY_ACTIVE matching /already has an active run/: "
+     "op 6: 409 code=A_RUN_ALREADY_ACTIVE json=True"),
+    ("race/losers-409", lambda: bodies(PATTERN, BUSY_BODY, None), "invalid", (LOSER_B,),
+     "op 6: 409"),  # no body recorded: nothing matches
+    ("race/losers-409", lambda: bodies("", BUSY_BODY, OTHER_BODY), "valid", (),
+     "all 2 losers got 409 A_RUN_ALREADY_ACTIVE while"),  # no pattern: the body is not read
+
+    ("race/holder-named", model, "valid", (),
+     "all 2 conflict answers named a run that held the chat (activeRunId)"),
+    ("race/holder-named", lambda: patch(model(), LOSER_B, active_run_id="run-zz"), "invalid",
+     (LOSER_B,), "1 of 2 conflict answers named the wrong holder (protocol §2.3/§2.5: the "
+     "holder's id, null only once it ended): op 6: activeRunId run-zz names no run that held "
+     "the chat"),
+    ("race/holder-named", lambda: patch(model(), LOSER_A, active_run_id=None), "invalid",
+     (LOSER_A,), "op 5: activeRunId null while run run-w was active"),
+    ("race/holder-named",
+     lambda: with_meta(patch(model(), LOSER_A, active_run_id="run-zz"), conflict_holder_id=False),
+     "unknown", (), "the target's conflict answer names no holder (meta conflict_holder_id: "
+     "false): nothing to check"),
+    ("race/holder-named",
+     lambda: with_meta(model(), conflict={"status": 409, "code": "A_RUN_ALREADY_ACTIVE",
+                                          "holder": ""}),
+     "unknown", (), 'the target\'s conflict answer names no holder (meta conflict.holder: "")'),
+    ("race/holder-named", lambda: retype(retype(model(), LOSER_A, "fail"), LOSER_B, "fail"),
+     "unknown", (), "no loser got 409 A_RUN_ALREADY_ACTIVE (fail×2)"),
+    ("race/holder-named", lambda: patch(model(), LOSER_B, status=500, code=None), "valid", (),
+     "conflict answers named a run that held the chat"),  # a 500 names nothing: losers-409's
 
     ("race/losers-fast", model, "valid", (), "all 2 losers answered within 11.0 ms"),
     ("race/losers-fast", lambda: with_meta(model(), losers_fast_bound_ms=10.5), "invalid",
@@ -495,7 +541,8 @@ def test_check_trial_keeps_the_order_asked_for() -> None:
 
 def test_checkers_are_named_in_the_conformance_order() -> None:
     assert list(RACE_CHECKERS) == [
-        "race/overlap-achieved", "race/one-winner", "race/losers-409", "race/losers-fast",
+        "race/overlap-achieved", "race/one-winner", "race/losers-409", "race/holder-named",
+        "race/losers-fast",
         "race/no-loser-provider-call", "race/winner-provider-call", "race/no-untracked-run",
         "race/no-loser-writes", "race/winner-stoppable", "race/released", "stream/well-formed",
         "chats/independent", "chats/one-winner-each"]
@@ -681,3 +728,24 @@ def test_a_losers_answer_going_missing_never_makes_losers_409_valid(
     assert loser.completion is not None
     hung = retype(trial, loser.completion.index, "info", error="timeout")
     assert check_trial(hung, ["race/losers-409"])["race/losers-409"].verdict != "valid"
+
+
+@FAST
+@given(race_trials(), st.data())
+def test_a_conflict_answer_naming_an_unknown_run_makes_holder_named_invalid_only(
+        trial: Trial, data: st.DataObject) -> None:
+    """The holder is race/holder-named's alone: naming a run nobody saw makes it invalid,
+    citing the answer, and leaves race/losers-409 as it was."""
+    racers = turns(trial, "racer")
+    answered = [r for r in losers(racers, find_winner(racers))
+                if r.outcome == "ok" and r.status == 409 and r.code == "A_RUN_ALREADY_ACTIVE"
+                and r.completion is not None and r.completion.get("json") is True]
+    if not answered:
+        return
+    loser = data.draw(st.sampled_from(answered))
+    wrong = patch(trial, loser.index, active_run_id="run-nobody")
+    props = ["race/holder-named", "race/losers-409"]
+    before, after = check_trial(trial, props), check_trial(wrong, props)
+    assert after["race/holder-named"].verdict == "invalid", after["race/holder-named"].reason
+    assert loser.index in after["race/holder-named"].ops
+    assert after["race/losers-409"] == before["race/losers-409"]

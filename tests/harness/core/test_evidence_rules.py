@@ -202,7 +202,7 @@ def test_a_holders_run_must_be_reported_too() -> None:
                   "runId run-h is reported by no observation: untracked")
 
 
-# -- 3. race/losers-409: activeRunId names the run that held the chat ------------------------------
+# -- 3. race/holder-named: activeRunId names the run that held the chat ----------------------------
 
 def stop_then_burst(loser_active: str | None = "run-w", loser_ms: float = 1010) -> Trial:
     """A holder (run-h) stopped just before the release, then 1×200 (run-w) and 1×409."""
@@ -229,41 +229,61 @@ def stop_then_burst(loser_active: str | None = "run-w", loser_ms: float = 1010) 
 
 
 def test_an_active_run_id_naming_no_run_of_the_chat_is_invalid() -> None:
-    assert_result(patch(model(), LOSER_B, active_run_id="run-zz"), "race/losers-409", "invalid",
+    trial = patch(model(), LOSER_B, active_run_id="run-zz")
+    assert_result(trial, "race/holder-named", "invalid",
                   "op 6: activeRunId run-zz names no run that held the chat", (LOSER_B,))
+    # the answer itself was the conflict answer: race/losers-409 does not judge the holder
+    assert verdict(trial, "race/losers-409").verdict == "valid"
 
 
 def test_a_null_active_run_id_while_the_winner_was_active_is_invalid() -> None:
-    assert_result(patch(model(), LOSER_A, active_run_id=None), "race/losers-409", "invalid",
+    assert_result(patch(model(), LOSER_A, active_run_id=None), "race/holder-named", "invalid",
                   "op 5: activeRunId null while run run-w was active", (LOSER_A,))
     missing = dataclasses.replace(model(), ops=[
         dataclasses.replace(op, value={k: v for k, v in op.value.items() if k != "active_run_id"})
         if op.index in (LOSER_A, LOSER_B) else op for op in model().ops])
-    assert verdict(missing, "race/losers-409").verdict == "invalid"
+    assert verdict(missing, "race/holder-named").verdict == "invalid"
+    assert verdict(missing, "race/losers-409").verdict == "valid"
 
 
 def test_a_null_active_run_id_when_no_known_run_was_active_is_allowed() -> None:
     # answered before the winner's 200 came and after the holder's stop: the holder had ended
-    assert verdict(stop_then_burst(None, loser_ms=1003), "race/losers-409").verdict == "valid"
-    assert verdict(stop_then_burst(None, loser_ms=1010), "race/losers-409").verdict == "invalid"
+    assert verdict(stop_then_burst(None, loser_ms=1003), "race/holder-named").verdict == "valid"
+    assert verdict(stop_then_burst(None, loser_ms=1010), "race/holder-named").verdict == "invalid"
+    # without the stop the holder never ended: null at 1003 is wrong too (holder-named reads
+    # the stops)
+    unstopped = drop(stop_then_burst(None, loser_ms=1003), 1, 2)
+    assert_result(patch(unstopped, 6, end_ns=None), "race/holder-named", "invalid",
+                  "op 5: activeRunId null while run run-h was active", (5,))
 
 
 def test_the_holder_and_runs_seen_active_are_known_runs() -> None:
-    assert verdict(stop_then_burst("run-h", loser_ms=1003), "race/losers-409").verdict == "valid"
+    assert verdict(stop_then_burst("run-h", loser_ms=1003), "race/holder-named").verdict == "valid"
     seen = patch(patch(model(), HELD, runs=[{"id": "run-w", "status": "running"},
                                             {"id": "run-q", "status": "pending"}]),
                  LOSER_A, active_run_id="run-q")
-    assert verdict(seen, "race/losers-409").verdict == "valid"
+    assert verdict(seen, "race/holder-named").verdict == "valid"
+    # seen active in a database snapshot only (holder-named reads db)
+    in_db = with_db(patch(model(), LOSER_A, active_run_id="run-q"), [
+        *MODEL_DB[:1], dataclasses.replace(MODEL_DB[1], runs=MODEL_DB[1].runs + (
+            RunRow("run-q", CHAT, "running"),)), *MODEL_DB[2:]])
+    assert verdict(in_db, "race/holder-named").verdict == "valid"
+    assert verdict(with_db(in_db, None), "race/holder-named").verdict == "invalid"
 
 
 def test_a_target_whose_409_cannot_name_the_holder_is_never_valid() -> None:
     trial = with_meta(patch(model(), LOSER_A, active_run_id="run-zz"), conflict_holder_id=False)
-    assert_result(trial, "race/losers-409", "unknown",
-                  "the target's conflict answer cannot name the holder")
+    assert_result(trial, "race/holder-named", "unknown",
+                  "the target's conflict answer names no holder (meta conflict_holder_id: "
+                  "false): nothing to check", ())
     assert verdict(with_meta(model(), conflict_holder_id=False),
-                   "race/losers-409").verdict == "unknown"
+                   "race/holder-named").verdict == "unknown"
     assert verdict(with_meta(model(), conflict_holder_id=True),
-                   "race/losers-409").verdict == "valid"
+                   "race/holder-named").verdict == "valid"
+    # the answer itself is still judged
+    assert verdict(trial, "race/losers-409").verdict == "valid"
+    assert verdict(patch(trial, LOSER_B, status=500, code=None),
+                   "race/losers-409").verdict == "invalid"
 
 
 def test_no_winner_on_a_chat_nothing_held_makes_every_409_a_false_conflict() -> None:
@@ -273,6 +293,22 @@ def test_no_winner_on_a_chat_nothing_held_makes_every_409_a_false_conflict() -> 
                   "conflicts (ops 5, 6, 11)", (LOSER_A, LOSER_B, WINNER))
     # with a run seen active in the chat (a holder), the 409s may be right
     assert verdict(with_db(rc.only_losers(), None), "race/losers-409").verdict == "valid"
+    # seen in a database snapshot only: losers-409 reads db (it declares it)
+    assert verdict(drop(rc.only_losers(), HELD - 1, HELD), "race/losers-409").verdict == "valid"
+    assert "db" in REGISTRY["race/losers-409"].evidence
+
+
+def test_a_conflict_answer_whose_body_does_not_match_the_pattern_is_no_conflict_answer() -> None:
+    busy = '{"code":"A_RUN_ALREADY_ACTIVE","message":"chat already has an active run"}'
+    trial = with_meta(patch(patch(model(), LOSER_A, body=busy), LOSER_B, body="Bad Gateway"),
+                      conflict={"pattern": "already has an active run"})
+    assert_result(trial, "race/losers-409", "invalid",
+                  "1 of 2 losers not a JSON 409 A_RUN_ALREADY_ACTIVE matching /already has an "
+                  "active run/: op 6", (LOSER_B,))
+    assert verdict(patch(trial, LOSER_B, body=busy), "race/losers-409").verdict == "valid"
+    # holder-named reads only the answers that are the conflict answer: op 6 is losers-409's
+    assert_result(trial, "race/holder-named", "valid",
+                  "conflict answers named a run that held the chat")
 
 
 # -- 4. an empty ledger is missing evidence --------------------------------------------------------
@@ -412,6 +448,9 @@ STRIPPED: dict[str, list[Make]] = {
     "race/one-winner": [lambda: retype(retype(retype(model(), WINNER, "fail"), LOSER_A, "fail"),
                                        LOSER_B, "fail")],
     "race/losers-409": [lambda: retype(retype(model(), LOSER_A, "fail"), LOSER_B, "fail")],
+    "race/holder-named": [lambda: retype(retype(model(), LOSER_A, "fail"), LOSER_B, "fail"),
+                          lambda: with_meta(model(), conflict_holder_id=False),
+                          lambda: with_meta(model(), conflict={"holder": ""})],
     "race/losers-fast": [lambda: retype(retype(model(), LOSER_A, "fail"), LOSER_B, "fail")],
     "race/no-loser-provider-call": [lambda: with_calls(model(), None),
                                     lambda: with_calls(model(), [])],
@@ -428,6 +467,8 @@ STRIPPED: dict[str, list[Make]] = {
     "chats/independent": [lambda: rc.distinct_chats(("fail", None), ("fail", None))],
     "chats/one-winner-each": [lambda: rc.many_chats((rc.OK200, ("info", None)),
                                                     (rc.OK409, rc.OK200))],
+    "chats/created-once": [lambda: _without_ops(sc.created_once(), "chats"),
+                           lambda: sc.created_once(None, status=0)],
     "run/expected-end": [lambda: without_observers(sc.expected_end())],
     "stop/stale-ignored": [lambda: without_observers(sc.stale_stop())],
     "auth/foreign-denied": [lambda: without_observers(sc.foreign_user()),
@@ -441,7 +482,11 @@ STRIPPED: dict[str, list[Make]] = {
 
 CONTRADICTED: dict[str, list[Make]] = {
     "race/one-winner": [lambda: two_winners()],
-    "race/losers-409": [lambda: patch(model(), LOSER_A, active_run_id="run-zz")],
+    "race/losers-409": [lambda: patch(model(), LOSER_A, status=500, code=None),
+                        lambda: with_db(drop(rc.only_losers(), HELD - 1, HELD), None),
+                        lambda: rc.bodies(rc.PATTERN, rc.BUSY_BODY, rc.OTHER_BODY)],
+    "race/holder-named": [lambda: patch(model(), LOSER_A, active_run_id="run-zz"),
+                          lambda: patch(model(), LOSER_A, active_run_id=None)],
     "race/losers-fast": [lambda: with_meta(model(), losers_fast_bound_ms=10.5)],
     "race/no-loser-provider-call": [lambda: with_calls(model(), [*MODEL_PROVIDER, CONTACT])],
     "race/winner-provider-call": [lambda: with_calls(model(), [
@@ -455,6 +500,7 @@ CONTRADICTED: dict[str, list[Make]] = {
     "stream/well-formed": [lambda: patch(model(), WINNER, chat_id="chat-2")],
     "chats/independent": [lambda: rc.distinct_chats(("ok", 200), ("ok", 409))],
     "chats/one-winner-each": [lambda: rc.many_chats((rc.OK200, rc.OK200), (rc.OK409, rc.OK200))],
+    "chats/created-once": [lambda: sc.created_once(2), lambda: sc.created_once(0)],
     "run/expected-end": [lambda: patch(sc.expected_end(), sc.FINAL,
                                        run={**sc.WON_RUN, "status": "running"})],
     "stop/stale-ignored": [sc.stale_rows(sc.AFTER_STALE, **{"run-s": "aborted"})],
@@ -496,12 +542,15 @@ def _ids(table: dict[str, list[Make]]) -> list[str]:
 def test_the_models_behind_the_tables_are_valid() -> None:
     models = {"race": model(), "expected-end": sc.expected_end(), "stale": sc.stale_stop(),
               "foreign": sc.foreign_user(), "bad-input": sc.bad_inputs(), "outage": sc.outage(),
-              "mid-stream": sc.mid_stream(), "crash": sc.crash_recovery(), "storm": sc.storm()}
+              "mid-stream": sc.mid_stream(), "crash": sc.crash_recovery(), "storm": sc.storm(),
+              "created-once": sc.created_once()}
     props = {"race": SINGLE_CHAT_RACE, "expected-end": ["run/expected-end"],
              "stale": ["stop/stale-ignored", "race/winner-stoppable"],
              "foreign": ["auth/foreign-denied"], "bad-input": ["input/rejected-cleanly"],
              "outage": ["outage/fails-closed"], "mid-stream": ["outage/runs-settle"],
-             "crash": ["recovery/lease-reclaims"], "storm": ["storm/runs-end"]}
+             "crash": ["recovery/lease-reclaims"], "storm": ["storm/runs-end"],
+             "created-once": ["chats/created-once", "race/one-winner", "race/losers-409",
+                              "race/holder-named"]}
     verdicts = {(name, p): r.verdict for name, trial in models.items()
                 for p, r in check_trial(trial, props[name]).items()}
     assert {k: v for k, v in verdicts.items() if v != "valid"} == {
@@ -531,8 +580,8 @@ def test_no_property_is_valid_without_any_observer_provider_or_database() -> Non
     blind = with_calls(without_observers(model()), None)
     results = check_trial(blind, SINGLE_CHAT_RACE)
     assert {p for p, r in results.items() if r.verdict == "valid"} == {
-        "race/overlap-achieved", "race/one-winner", "race/losers-409", "race/losers-fast",
-        "race/released", "stream/well-formed"}
+        "race/overlap-achieved", "race/one-winner", "race/losers-409", "race/holder-named",
+        "race/losers-fast", "race/released", "stream/well-formed"}
 
 
 def test_a_db_snapshot_without_rows_names_no_chat_and_proves_no_absence() -> None:
@@ -607,6 +656,7 @@ STRIP: dict[Evidence, Callable[[Trial], Trial]] = {
     "turns": lambda t: _without_turns(t, lambda role: role != "racer"),
     "stops": lambda t: _without_ops(t, "stop"),
     "runs": lambda t: _without_ops(t, "runs", "run"),
+    "chats": lambda t: _without_ops(t, "chats"),
     "probes": lambda t: _without_ops(t, "probe"),
     "outages": lambda t: _without_ops(t, "database"),
     "provider": lambda t: dataclasses.replace(t, provider=None),

@@ -135,11 +135,11 @@ def test_junit_has_one_testcase_per_property_per_trial_and_matching_counts() -> 
     root = ET.fromstring(render_junit(report_of(*three_trials())))
     assert root.tag == "testsuites"
     assert {k: root.get(k) for k in ("tests", "failures", "errors", "skipped")} == {
-        "tests": "33", "failures": "1", "errors": "0", "skipped": "4"}
+        "tests": "36", "failures": "1", "errors": "0", "skipped": "4"}
     suites = root.findall("testsuite")
     assert [(s.get("name"), s.get("tests"), s.get("failures"), s.get("skipped"))
-            for s in suites] == [("race trial 0", "11", "0", "0"), ("race trial 1", "11", "1", "0"),
-                                 ("race trial 2", "11", "0", "4")]
+            for s in suites] == [("race trial 0", "12", "0", "0"), ("race trial 1", "12", "1", "0"),
+                                 ("race trial 2", "12", "0", "4")]
     assert [c.get("name") for c in suites[1].findall("testcase")] == [
         f"{p} [trial 1]" for p in SINGLE_CHAT_RACE]
     assert {c.get("classname") for c in root.iter("testcase")} == {"race"}
@@ -163,7 +163,7 @@ def test_junit_times_come_from_each_trials_history() -> None:
     assert [s.get("time") for s in suites] == ["1.601", "1.601", "1.601"]  # ops 0 → 1601 ms
     for suite in suites:
         cases = [float(c.get("time") or "nan") for c in suite.iter("testcase")]
-        assert len(cases) == 11 and all(0.145 <= t <= 0.146 for t in cases)
+        assert len(cases) == 12 and all(0.133 <= t <= 0.134 for t in cases)
         assert sum(cases) == pytest.approx(float(suite.get("time") or "nan"), abs=1e-9)
     assert root.get("time") == "4.803"
     # without the histories there is nothing to time: 0, as before
@@ -597,7 +597,7 @@ def test_a_skipped_scenario_validates_and_is_a_skipped_junit_case() -> None:
     report = scenario_report()
     assert validate(report) == []
     root = ET.fromstring(render_junit(report))
-    assert (root.get("tests"), root.get("skipped")) == ("12", "1")
+    assert (root.get("tests"), root.get("skipped")) == ("13", "1")
     suite = root.findall("testsuite")[-1]
     assert [(suite.get("name"), c.get("classname"), c.get("name"), s.get("message"))
             for c in suite.iter("testcase") for s in c.iter("skipped")] == [

@@ -31,6 +31,8 @@ CONFORMANCE_CATALOGUE = [  # conformance.md §3, in its order
     "disconnect-storm-abort", "disconnect-storm-continue",
     # the service's own clocks run: the winner held past its heartbeats and lease
     "long-hold",
+    # a chat created by its first turns, racing (an adapter with client-chosen chat ids)
+    "create-on-first-turn",
 ]
 
 MINIMAL = '''
@@ -62,6 +64,17 @@ def test_scenarios_needing_control_declare_it() -> None:
         assert "db-control" in scenarios[name].requires
     assert "multi-instance" in scenarios["multi-instance"].requires
     assert scenarios["multi-instance"].instances == 3
+    assert "client-chat-ids" in scenarios["create-on-first-turn"].requires
+
+
+def test_create_on_first_turn_names_a_fresh_chat_before_the_burst_and_counts_it_after() -> None:
+    scenario = catalogue()["create-on-first-turn"]
+    steps = [step.do for step in scenario.steps]
+    assert steps.index("fresh-chat-id") < steps.index("burst") < steps.index("count-chats")
+    assert "new-chat" not in steps  # the racers create the chat
+    assert scenario.properties[0] == "chats/created-once"
+    assert STEPS["fresh-chat-id"].requires == {"client-chat-ids"}
+
 
 
 def test_a_scenario_names_the_service_settings_it_assumes() -> None:
@@ -213,3 +226,11 @@ def test_the_step_reference_names_every_step_argument_and_choice() -> None:
            "be 403)  [needs other-token]" in text
     assert "delays_ms: each later turn this long after the first one's answer; default none; " \
            "only with release = after-first-start" in text
+
+
+def test_every_scenario_listing_losers_409_also_lists_holder_named() -> None:
+    """The conflict answer and the holder it names are two claims since the split: a scenario
+    that checks one checks both (an adapter that cannot name a holder says so itself)."""
+    for scenario in catalogue().values():
+        props = set(scenario.properties)
+        assert ("race/losers-409" in props) == ("race/holder-named" in props), scenario.name

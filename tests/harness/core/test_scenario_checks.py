@@ -375,11 +375,56 @@ def storm(expect: str = "aborted") -> Trial:
     return h.trial()
 
 
+# -- chats/created-once (fresh-chat-id, burst, count-chats) -------------------------------------
+
+WON_CREATE, COUNTED_INVOKE, COUNTED = 3, 6, 7
+
+
+def created_once(count: int | None = 1, status: int = 200) -> Trial:
+    """``create-on-first-turn``: 3 racers on a chat id nobody made yet (CHAT stands for the
+    fresh id), one 200 creates it (run-w), 2×409 naming run-w; then ``count-chats`` (a
+    ``chats`` op)."""
+    h = History(n=3)
+    for p in range(3):
+        h.turn(p, 1000 + p * 0.01, f"n{p}")                                    # 0, 1, 2
+    h.stream(0, "n0", 1005, 1100, "run-w")                                     # 3
+    h.refuse(1, "n1", 1010, 409, "A_RUN_ALREADY_ACTIVE")                       # 4
+    h.refuse(2, "n2", 1011, 409, "A_RUN_ALREADY_ACTIVE")                       # 5
+    h.op("invoke", "chats", P_RELEASED, 1200, chat_id=CHAT)                    # 6
+    h.op("ok", "chats", P_RELEASED, 1210, status=status, count=count)          # 7
+    return patch(patch(h.trial(), 4, active_run_id="run-w"), 5, active_run_id="run-w")
+
+
 # -- per property: valid, invalid twins, unknown twins -------------------------------------------
 
 Case = tuple[str, Callable[[], Trial], Verdict, tuple[int, ...], str]
 
 CASES: list[Case] = [
+    ("chats/created-once", created_once, "valid", (), "one winner of 3 and one chat record"),
+    ("chats/created-once", lambda: created_once(2), "invalid", (COUNTED,),
+     "op 7: 2 chat records under one chat id after the racers created it (duplicates)"),
+    ("chats/created-once", lambda: created_once(0), "invalid", (COUNTED, WON_CREATE),
+     "op 7: no chat record, yet op 3 got 200 on it"),
+    ("chats/created-once",  # a second 200 on the new chat: two creators, whatever the count
+     lambda: patch(created_once(), 4, status=200, code=None, json=False, run_id="run-x"),
+     "invalid", (WON_CREATE, 4), "2 racers got 200 on one new chat (ops 3, 4)"),
+    ("chats/created-once",  # duplicates are invalid even when no racer got 200
+     lambda: no_winner(created_once(2), WON_CREATE), "invalid",
+     (COUNTED,), "(duplicates)"),
+    ("chats/created-once", lambda: created_once(None, status=0), "unknown", (),
+     "op 7: the target cannot count chat records (status 0)"),
+    ("chats/created-once", lambda: drop(created_once(), COUNTED_INVOKE, COUNTED), "unknown", (),
+     "the chat's records were not counted (no answered count-chats)"),
+    ("chats/created-once",  # count-chats timed out
+     lambda: retype(created_once(), COUNTED, "info", error="TooSlowError"), "unknown", (),
+     "no answered count-chats"),
+    ("chats/created-once", lambda: no_winner(created_once(), WON_CREATE), "unknown", (),
+     "no racer got 200 (409×3): the chat was not created by the race"),
+    ("chats/created-once", lambda: no_winner(created_once(0), WON_CREATE), "unknown", (),
+     "the chat was not created by the race"),
+    ("chats/created-once", lambda: drop(created_once(), 0, 1, 2, 3, 4, 5), "unknown", (),
+     "no racers recorded"),
+
     ("storm/runs-end", storm, "valid", (5, 7), "all 2 runs ended aborted (or never started)"),
     ("storm/runs-end", lambda: storm("succeeded"), "valid", (5, 7),
      "all 2 runs ended succeeded, persisted in full"),
@@ -462,7 +507,8 @@ CASES: list[Case] = [
      lambda: patch(drop(stale_stop(), BEFORE_STALE - 1, BEFORE_STALE), 1, terminal=None),
      "unknown", (), "the ended run run-s's status before the stale stop is unknown"),
     ("stop/stale-ignored", lambda: patch(stale_stop(), STALE, stopped=True), "invalid", (STALE,),
-     "a stop aimed at the ended run run-s answered 200 stopped=True, expected 200 stopped:false"),
+     "a stop aimed at the ended run run-s answered 200 stopped=True, expected an answer that "
+     "nothing was stopped (protocol: 200 stopped:false)"),
     ("stop/stale-ignored", lambda: patch(stale_stop(), STALE, status=404, stopped=None),
      "invalid", (STALE,), "answered 404 stopped=None"),
     ("stop/stale-ignored",
@@ -695,7 +741,7 @@ def test_the_scenario_properties_are_registered_by_name() -> None:
     assert set(SCENARIO_CHECKERS) == {
         "run/expected-end", "stop/stale-ignored", "auth/foreign-denied",
         "input/rejected-cleanly", "outage/fails-closed", "outage/runs-settle",
-        "recovery/lease-reclaims", "storm/runs-end"}
+        "recovery/lease-reclaims", "storm/runs-end", "chats/created-once"}
     assert all(CHECKERS[name] is checker for name, checker in SCENARIO_CHECKERS.items())
 
 
@@ -722,6 +768,8 @@ def test_the_models_op_layout() -> None:
         ("invoke", "database", None), ("ok", "turn", None), ("ok", "runs", "recovered")]
     assert shape(crash_recovery(), BLOCKED_INVOKE, RECLAIMED, LEASE_RACER) == [
         ("invoke", "turn", "blocked"), ("ok", "run", "reclaimed"), ("ok", "turn", None)]
+    assert shape(created_once(), WON_CREATE, COUNTED_INVOKE, COUNTED) == [
+        ("ok", "turn", None), ("invoke", "chats", None), ("ok", "chats", None)]
 
 
 # -- garbage: a malformed value crashes the checker into unknown, never a verdict ----------------
@@ -749,6 +797,11 @@ GARBAGE: list[tuple[str, Callable[[], Trial], str]] = [
      "op 6: status='abc' is not an int"),
     ("recovery/lease-reclaims", lambda: patch(crash_recovery(), RECLAIMED, status="abc"),
      "op 8: status='abc' is not an int"),
+    ("chats/created-once", lambda: created_once("1"),  # type: ignore[arg-type]
+     "op 7: count='1' is not an int >= 0"),
+    ("chats/created-once", lambda: created_once(-1), "op 7: count=-1 is not an int >= 0"),
+    ("chats/created-once", lambda: patch(created_once(), WON_CREATE, status="abc"),
+     "op 3: status='abc' is not an int"),
 ]
 
 

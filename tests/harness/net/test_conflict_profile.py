@@ -1,8 +1,9 @@
-"""A target profile's ``[conflict]`` (status, code, holder) is the conflict answer everywhere one
-is recognised: loaded strictly, read by the racers (the holder's id from the named field),
-recorded in each trial's meta, and compared against by the checkers. A history without
-``meta.conflict`` checks exactly as before (the protocol's 409 ``A_RUN_ALREADY_ACTIVE`` naming
-the holder in ``activeRunId``).
+"""A target profile's ``[conflict]`` (status, code, holder, pattern) is the conflict answer
+everywhere one is recognised: loaded strictly, read by the racers (the holder's id from the named
+field, the body's text for the pattern), recorded in each trial's meta, and compared against by
+the checkers: ``race/losers-409`` judges the answer, ``race/holder-named`` the holder it names. A
+history without ``meta.conflict`` checks exactly as before (the protocol's 409
+``A_RUN_ALREADY_ACTIVE`` naming the holder in ``activeRunId``).
 
 The checker cases are hand-made histories: the model race of ``test_checkers`` (1×200 held and
 stopped, 2 losers, ops 5 and 6), its losers answered as a deployment with another conflict
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 import raceharness.net.target as target_module
+from raceharness.adapters.aichat import AiChatAdapter
 from raceharness.core.checks.base import (
     CONFLICT_HOLDER,
     CONFLICT_STATUS,
@@ -51,6 +53,7 @@ from tests.harness.core.test_checkers import (
 from tests.harness.core.test_scenario_checks import BLOCKED, crash_recovery
 
 BUSY = {"status": 409, "code": "CHAT_BUSY", "holder": "holder"}
+HOLDER = "race/holder-named"
 LOSERS = (LOSER_A, LOSER_B)
 
 
@@ -80,10 +83,12 @@ def result(trial: Trial, prop: str = "race/losers-409") -> tuple[str, str]:
 # -- the profile -----------------------------------------------------------------------------------
 
 def test_the_protocols_conflict_answer_is_the_default() -> None:
-    assert Profile().conflict == Conflict(409, "A_RUN_ALREADY_ACTIVE", "activeRunId")
+    assert Profile().conflict == Conflict(409, "A_RUN_ALREADY_ACTIVE", "activeRunId", "")
     assert Conflict().meta() == {"status": CONFLICT_STATUS, "code": RUN_ALREADY_ACTIVE,
-                                 "holder": CONFLICT_HOLDER}
-    assert conflict_answer({}) == ConflictAnswer(409, "A_RUN_ALREADY_ACTIVE", "activeRunId")
+                                 "holder": CONFLICT_HOLDER}  # no pattern: none recorded
+    assert conflict_answer({}) == ConflictAnswer(409, "A_RUN_ALREADY_ACTIVE", "activeRunId", "")
+    assert Conflict(pattern="busy").meta()["pattern"] == "busy"
+    assert conflict_answer({"conflict": Conflict(pattern="busy").meta()}).pattern == "busy"
 
 
 def test_conflict_sets_status_code_and_holder(tmp_path: Path) -> None:
@@ -95,6 +100,16 @@ def test_conflict_sets_status_code_and_holder(tmp_path: Path) -> None:
         Conflict(409, "", "")
     assert load_profile(write(tmp_path, '[conflict]\nholder = "busyWith"\n')).conflict == \
         Conflict(409, "A_RUN_ALREADY_ACTIVE", "busyWith")
+    assert load_profile(write(tmp_path, '[conflict]\npattern = "already (running|busy)"\n')
+                        ).conflict == Conflict(pattern="already (running|busy)")
+
+
+def test_a_profile_whose_answer_names_no_holder_declares_holder_named_not_checkable(
+        tmp_path: Path) -> None:
+    silent = load_profile(write(tmp_path, '[conflict]\nholder = ""\n'))
+    assert "race/holder-named" in silent.adapter.lacks
+    assert silent.adapter.describe()["not_checkable"] == dict(silent.adapter.lacks)
+    assert Profile().adapter.lacks == {}
 
 
 @pytest.mark.parametrize(("text", "names"), [
@@ -103,7 +118,10 @@ def test_conflict_sets_status_code_and_holder(tmp_path: Path) -> None:
     ("[conflict]\ncode = []\n", ["conflict.code", "[]"]),
     ("[conflict]\nstatus = 200\n", ["conflict.status", "4xx or 5xx", "200"]),
     ("[conflict]\nstatus = 999\n", ["conflict.status", "999"]),
-    ('[conflict]\nholders = "x"\n', ["conflict.holders", "status, code, holder"]),
+    ('[conflict]\nholders = "x"\n', ["conflict.holders", "status, code, holder, pattern"]),
+    ('[conflict]\npattern = "(unclosed"\n', ["conflict.pattern", "not a regular expression",
+                                             "(unclosed"]),
+    ("[conflict]\npattern = 1\n", ["conflict.pattern", "expected str", "1"]),
 ])
 def test_a_bad_conflict_field_names_file_field_and_value(tmp_path: Path, text: str,
                                                          names: list[str]) -> None:
@@ -125,9 +143,9 @@ def test_the_documented_complete_profile_loads_to_the_protocols_values(tmp_path:
     assert (profile.paths, profile.auth, profile.conflict) == (Paths(), Auth(), Conflict())
 
 
-def test_the_readme_and_conformance_example_profiles_load(tmp_path: Path) -> None:
+def test_the_profiles_and_conformance_example_profiles_load(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[3]
-    for doc in ("README.md", "docs/conformance.md"):
+    for doc in ("docs/profiles.md", "docs/conformance.md"):
         text = (root / doc).read_text(encoding="utf-8")
         examples = [m.group(1) for m in re.finditer(r"```toml\n(.*?)```", text, re.S)
                     if "[conflict]" in m.group(1)]
@@ -138,9 +156,13 @@ def test_the_readme_and_conformance_example_profiles_load(tmp_path: Path) -> Non
 
 # -- the racers read the holder from the configured field ------------------------------------------
 
-def error_response(body: dict[str, Any], holder_field: str = CONFLICT_HOLDER) -> dict[str, Any]:
-    resp = Response(status=409, holder_field=holder_field)
-    resp.body += json.dumps(body).encode()
+def error_response(body: dict[str, Any] | str, holder_field: str | None = CONFLICT_HOLDER
+                   ) -> dict[str, Any]:
+    """A racer's summary of a 409 with ``body``, read by the ai-chat adapter of a profile whose
+    holder is ``holder_field`` (None: no adapter, the protocol's reading)."""
+    wire = None if holder_field is None else AiChatAdapter(Paths(), Conflict(holder=holder_field))
+    resp = Response(status=409, wire=wire)
+    resp.body += (body if isinstance(body, str) else json.dumps(body)).encode()
     return resp.summary()
 
 
@@ -148,6 +170,7 @@ def test_the_error_body_summary_reads_the_holder_from_the_named_field() -> None:
     protocol = {"message": "busy", "code": "A_RUN_ALREADY_ACTIVE", "activeRunId": "run-1"}
     renamed = {"message": "busy", "code": "CHAT_BUSY", "holder": "run-1"}
     assert error_response(protocol)["active_run_id"] == "run-1"
+    assert error_response(protocol, None)["active_run_id"] == "run-1"  # no adapter: protocol's
     assert error_response(renamed)["active_run_id"] is None
     summary = error_response(renamed, "holder")
     assert (summary["code"], summary["json"], summary["active_run_id"]) == (
@@ -157,21 +180,36 @@ def test_the_error_body_summary_reads_the_holder_from_the_named_field() -> None:
     assert error_response({"holder": 7}, "holder")["active_run_id"] is None  # not a run id
 
 
+def test_the_error_body_summary_records_the_body_text_for_the_pattern() -> None:
+    """The pattern is matched against the recorded ``body``: JSON or not."""
+    protocol = {"message": "chat already running", "code": "A_RUN_ALREADY_ACTIVE"}
+    assert error_response(protocol)["body"] == json.dumps(protocol)
+    plain = error_response("Conflict: thread already running")
+    assert (plain["json"], plain["code"], plain["body"]) == (
+        False, None, "Conflict: thread already running")
+
+
 def test_the_targets_endpoint_carries_the_holder_field_to_every_racer() -> None:
     profile = Profile(conflict=Conflict(code="CHAT_BUSY", holder="holder"))
     endpoint = Target("http://example.test", token="t", profile=profile).endpoint()
-    assert endpoint.conflict_holder == "holder"
+    assert endpoint.wire is not None and endpoint.wire.conflict.holder == "holder"
     racer = Racer(endpoint, "POST", "/s", [], b"{}")
-    assert racer.response.holder_field == "holder"
+    assert racer.response.wire is endpoint.wire
+    racer.response.status = 409
+    racer.response.body += b'{"code": "CHAT_BUSY", "holder": "run-1", "activeRunId": "run-2"}'
+    assert racer.response.summary()["active_run_id"] == "run-1"
     default = Target("http://example.test", token="t").endpoint()
-    assert Racer(default, "POST", "/s", [], b"{}").response.holder_field == "activeRunId"
+    wire = Racer(default, "POST", "/s", [], b"{}").response.wire
+    assert wire is not None and wire.conflict.holder == "activeRunId"
 
 
-# -- race/losers-409 against the meta's conflict answer --------------------------------------------
+# -- race/losers-409 and race/holder-named against the meta's conflict answer ----------------------
 
 def test_a_loser_answering_the_profiles_code_passes() -> None:
     assert result(busy_race()) == (
-        "valid", "all 2 losers got 409 CHAT_BUSY naming a run that held the chat")
+        "valid", "all 2 losers got 409 CHAT_BUSY while a run held the chat")
+    assert result(busy_race(), HOLDER) == (
+        "valid", "all 2 conflict answers named a run that held the chat (holder)")
 
 
 def test_the_profiles_code_without_the_profile_fails() -> None:
@@ -199,36 +237,59 @@ def test_another_status_is_the_conflict_when_the_profile_says_so() -> None:
 
 def test_the_holder_is_named_by_its_field_in_the_reasons() -> None:
     wrong = patch(busy_race(), LOSER_B, active_run_id="run-zz")
-    verdict, reason = result(wrong)
+    verdict, reason = result(wrong, HOLDER)
     assert verdict == "invalid"
     assert "op 6: holder run-zz names no run that held the chat" in reason
     null = patch(busy_race(), LOSER_A, active_run_id=None)
-    assert "op 5: holder null while run run-w was active" in result(null)[1]
+    assert "op 5: holder null while run run-w was active" in result(null, HOLDER)[1]
+    # the answers themselves were the conflict answer
+    assert result(wrong)[0] == result(null)[0] == "valid"
 
 
-def test_an_empty_holder_makes_the_holder_part_unknown_never_valid() -> None:
+def test_an_empty_holder_makes_holder_named_unknown_never_valid() -> None:
     """holder = "": the engine records conflict_holder_id false with it; either alone is
-    enough for the checker. The id is not read, so a wrong one changes nothing."""
+    enough for the checker. The id is not read, so a wrong one changes nothing; the answer
+    itself is still judged by race/losers-409."""
     for trial in (busy_race(holder=""),
                   with_meta(busy_race(holder=""), conflict_holder_id=False),
                   patch(busy_race(holder=""), LOSER_A, active_run_id="run-zz"),
                   patch(busy_race(holder=""), LOSER_A, active_run_id=None)):
-        verdict, reason = result(trial)
+        verdict, reason = result(trial, HOLDER)
         assert verdict == "unknown", reason
-        assert reason == ('all 2 losers got 409 CHAT_BUSY, but the target\'s conflict answer '
-                          'cannot name the holder (meta conflict.holder: ""): holder unchecked')
+        assert reason == ('the target\'s conflict answer names no holder (meta '
+                          'conflict.holder: ""): nothing to check')
+        assert result(trial) == ("valid", "all 2 losers got 409 CHAT_BUSY while a run held the "
+                                          "chat")
     # the code is still checked
     assert result(answered(busy_race(holder=""), LOSER_A, code="OTHER"))[0] == "invalid"
 
 
 def test_an_empty_code_checks_no_code_and_with_no_holder_reads_no_body() -> None:
     any_code = answered(busy_race(code=""), LOSER_A, code=None)
-    assert result(any_code) == ("valid", "all 2 losers got 409 naming a run that held the chat")
+    assert result(any_code) == ("valid", "all 2 losers got 409 while a run held the chat")
+    assert result(any_code, HOLDER)[0] == "valid"
     not_json = with_meta(answered(model(), *LOSERS, code=None, json=False, active_run_id=None),
                          conflict={"status": 409, "code": "", "holder": ""})
-    assert result(not_json)[0] == "unknown"  # a plain 409 is the answer; the holder unchecked
+    assert result(not_json)[0] == "valid"  # a plain 409 is the answer
+    assert result(not_json, HOLDER)[0] == "unknown"  # and it names no holder
     assert result(with_meta(not_json, conflict={"status": 409, "code": "", "holder": "h"}))[0] \
         == "invalid"  # a holder to read needs a JSON body
+
+
+def test_a_pattern_is_matched_against_the_answers_body() -> None:
+    """pattern: a target recognisable only by its message (LangGraph's plain 409)."""
+    plain = {"status": 409, "code": "", "holder": "", "pattern": "already running"}
+    trial = with_meta(answered(model(), *LOSERS, code=None, json=False, active_run_id=None,
+                               body="Thread is already running a task."), conflict=plain)
+    assert result(trial) == (
+        "valid", "all 2 losers got 409 matching /already running/ while a run held the chat")
+    other = answered(trial, LOSER_B, body="Internal error")
+    assert result(other) == (
+        "invalid", "1 of 2 losers not a 409 matching /already running/: op 6: 409 code=None "
+        "json=False body='Internal error'")
+    assert result(answered(trial, LOSER_B, body=None))[0] == "invalid"  # nothing to match
+    # a body that matches but another status is still no conflict answer
+    assert result(answered(trial, LOSER_A, status=503))[0] == "invalid"
 
 
 def test_429_is_the_conflict_only_when_it_is_the_profiles_answer() -> None:
@@ -252,6 +313,7 @@ def test_a_history_without_the_conflict_meta_checks_exactly_as_before() -> None:
     ({"status": "409"}, "meta: conflict.status='409' is not an int"),
     ({"code": None}, "meta: conflict.code=None is not a string"),
     ({"holder": 1}, "meta: conflict.holder=1 is not a string"),
+    ({"pattern": None}, "meta: conflict.pattern=None is not a string"),
 ])
 def test_the_conflict_meta_is_read_strictly(conflict: object, message: str) -> None:
     with pytest.raises(TypeError, match=re.escape(message)):

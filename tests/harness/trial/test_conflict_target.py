@@ -190,7 +190,9 @@ def test_a_profile_naming_the_targets_conflict_answer_passes_the_race(
     assert report["trials"][0]["statuses"] == {"200": 1, "409": 9}
     assert busy_proxy.rewritten >= 9 and busy_proxy.streamed > 0  # the answers really differ
     assert report["trials"][0]["properties"]["race/losers-409"]["reason"] == (
-        f"all 9 losers got 409 {BUSY_CODE} naming a run that held the chat")
+        f"all 9 losers got 409 {BUSY_CODE} while a run held the chat")
+    assert report["trials"][0]["properties"]["race/holder-named"]["reason"] == (
+        f"all 9 conflict answers named a run that held the chat ({HOLDER_FIELD})")
     meta = [json.loads(line) for line in (report_dir / "history.jsonl").read_text().splitlines()
             if '"kind":"trial"' in line][-1]
     assert meta["conflict"] == {"status": 409, "code": BUSY_CODE, "holder": HOLDER_FIELD}

@@ -20,7 +20,11 @@ from raceharness.core.scenario import catalogue
 from raceharness.reference.faults import VALID_FAULTS
 
 ROOT = Path(__file__).resolve().parents[3]
-CATALOGUE = list(catalogue())
+# create-on-first-turn needs a target whose turns may create a chat of a client-chosen id
+# (LangGraph's if_not_exists): the protocol's first turn has no chat id, so the reference is
+# never asked (tests/harness/adapters/test_langgraph_target.py runs it on LangGraph)
+NOT_FOR_THE_PROTOCOL = {"create-on-first-turn"}
+CATALOGUE = [name for name in catalogue() if name not in NOT_FOR_THE_PROTOCOL]
 
 
 @pytest.fixture
@@ -143,3 +147,14 @@ def test_the_matrix_records_where_it_came_from(monkeypatch: pytest.MonkeyPatch,
     assert provenance["machine"]["cores"] >= 1
     text = (tmp_path / "matrix.md").read_text()
     assert "\nProvenance: " in text and "seeds (correct) 101, no-lease 202" in text
+
+
+
+def test_create_on_first_turn_is_skipped_on_the_protocol_with_its_reason(
+        embedded_db: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """The protocol's first turn has no chat id: the scenario is not run against the reference
+    and says why; with nothing run there is no verdict (exit 3), never a pass."""
+    code = main(["run", "create-on-first-turn", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert "needs client-chat-ids" in report["scenarios"]["create-on-first-turn"]["skipped"]
+    assert code == 3

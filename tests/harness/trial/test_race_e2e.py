@@ -34,7 +34,7 @@ def test_race_50_against_the_correct_reference_is_valid(
     assert trial["winners"] == 1
     assert {name: p["verdict"] for name, p in report["properties"].items()} == {
         name: "valid" for name in report["properties"]}
-    assert len(report["properties"]) == 11
+    assert len(report["properties"]) == 12
     assert code == 0 and report["verdict"] == "valid"
     assert trial["release_spread_ms"] is not None
     assert report["reproduce"] == "harness race --n 50 --seed 11"
