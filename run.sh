@@ -85,6 +85,78 @@ ensure_system_postgres() {
     fi
 }
 
+langgraph_stale() {
+    local lgvenv="$1" example="$ROOT/examples/langgraph"
+    [[ ! -x "$lgvenv/bin/langgraph" || ! -f "$lgvenv/.installed" \
+        || "$example/requirements.txt" -nt "$lgvenv/.installed" \
+        || "$example/requirements.lock.txt" -nt "$lgvenv/.installed" ]]
+}
+
+ensure_langgraph() {
+    # The LangGraph Agent Server (`langgraph dev`) the adapter tests start, in a venv of its
+    # own (.venv-langgraph: its pins never mix with the harness's), redone when its
+    # requirements change. RACEHARNESS_LANGGRAPH_BIN already set (a user's own install) wins.
+    if [[ -n "${RACEHARNESS_LANGGRAPH_BIN:-}" ]]; then
+        export RACEHARNESS_LANGGRAPH_BIN
+        return 0
+    fi
+    local lgvenv="$ROOT/.venv-langgraph" example="$ROOT/examples/langgraph"
+    export RACEHARNESS_LANGGRAPH_BIN="$lgvenv/bin/langgraph"
+    langgraph_stale "$lgvenv" || return 0
+    if command -v flock >/dev/null 2>&1; then  # one install at a time, as in bootstrap
+        exec 8<"${BASH_SOURCE[0]}"
+        flock 8
+    fi
+    if langgraph_stale "$lgvenv"; then
+        echo "run.sh: installing the LangGraph server into .venv-langgraph ..." >&2
+        local log
+        log="$(mktemp)"
+        rm -f "$lgvenv/.installed"
+        if [[ ! -x "$lgvenv/bin/python" || ! -x "$lgvenv/bin/pip" ]]; then
+            rm -rf "$lgvenv"
+            if ! "$PYTHON" -m venv "$lgvenv" >"$log" 2>&1; then
+                cat "$log" >&2
+                rm -rf "$lgvenv" "$log"
+                die "could not create .venv-langgraph ($PYTHON -m venv failed, see above)"
+            fi
+        fi
+        if ! PIP_DISABLE_PIP_VERSION_CHECK=1 "$lgvenv/bin/pip" install -q \
+                -r "$example/requirements.txt" -c "$example/requirements.lock.txt" \
+                >"$log" 2>&1; then
+            cat "$log" >&2
+            rm -f "$log"
+            die "installing the LangGraph server into .venv-langgraph failed (see above): pip" \
+                "install -r examples/langgraph/requirements.txt" \
+                "-c examples/langgraph/requirements.lock.txt"
+        fi
+        rm -f "$log"
+        [[ -x "$lgvenv/bin/langgraph" ]] \
+            || die "the LangGraph server install left no .venv-langgraph/bin/langgraph"
+        touch "$lgvenv/.installed"
+    fi
+    exec 8<&-
+}
+
+ensure_pgbouncer() {
+    # PgBouncer (transaction pooling) in front of the harness's own Postgres, for the suite's
+    # pooler tests and `harness ... --pooler pgbouncer`: installed when missing and we may
+    # (root with apt-get); otherwise the harness stops naming the package (exit 4).
+    [[ -x /usr/sbin/pgbouncer ]] && return 0
+    command -v pgbouncer >/dev/null 2>&1 && return 0
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "run.sh: no pgbouncer; installing pgbouncer" >&2
+        local log
+        log="$(mktemp)"
+        if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+                && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; } \
+                >"$log" 2>&1; then
+            cat "$log" >&2
+            echo "run.sh: could not install pgbouncer (the pooler tests will say so)" >&2
+        fi
+        rm -f "$log"
+    fi
+}
+
 [[ $# -ge 1 ]] || usage
 cmd="$1"
 shift
@@ -104,7 +176,9 @@ else
 fi
 
 case "$cmd" in
-    test) ensure_system_postgres; cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
+    test) ensure_system_postgres; ensure_pgbouncer; ensure_langgraph
+          cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
     # the caller's folder: a relative --report DIR or --profile FILE means what it says
-    harness) exec "$VENV/bin/harness" "$@" ;;
+    harness) [[ " $* " == *" --pooler"* ]] && ensure_pgbouncer
+             exec "$VENV/bin/harness" "$@" ;;
 esac

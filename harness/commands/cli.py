@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lease-s", type=_positive, default=30.0, help="run lease (default 30)")
     serve.add_argument("--heartbeat-s", type=_positive, default=5.0,
                        help="lease renewal interval (default 5)")
+    serve.add_argument("--pooler", choices=("pgbouncer",), default=None,
+                       help="serve through PgBouncer in transaction pooling mode, started in "
+                            "front of the Postgres (the provisioned one, or --dsn's) and "
+                            "removed on exit; the stop listener connects to Postgres directly "
+                            "(needs the pgbouncer package: apt-get install pgbouncer)")
     _add_race(sub)
     from raceharness.bench import add_arguments as add_bench_arguments
     from raceharness.soak import add_arguments as add_soak_arguments
@@ -143,6 +148,15 @@ def _count(value: str) -> int:
     return number
 
 
+def _adapter_arg(value: str) -> str:
+    from raceharness.adapters import BUILTIN_ADAPTERS
+
+    if value in BUILTIN_ADAPTERS or value.endswith(".toml") or "/" in value:
+        return value
+    raise argparse.ArgumentTypeError(f"unknown adapter {value!r}: expected one of "
+                                     f"{', '.join(BUILTIN_ADAPTERS)} or a profile file (.toml)")
+
+
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
@@ -184,8 +198,13 @@ def _add_target_options(p: argparse.ArgumentParser, *, n_default: int | None,
                         "http://HOST:PORT/v1 as its provider base URL")
     p.add_argument("--provider-url", metavar="URL",
                    help="the URL the target reaches the fake provider by, if it differs")
-    p.add_argument("--profile", metavar="FILE", help="target profile (TOML): paths, auth "
-                   "header, conflict code")
+    p.add_argument("--profile", metavar="FILE", help="target profile (TOML): the adapter and "
+                   "its settings (paths or routes, auth header, conflict answer, service "
+                   "settings); see docs/profiles.md")
+    p.add_argument("--adapter", metavar="NAME|FILE", type=_adapter_arg,
+                   help="--target's wire shape: ai-chat (this project's protocol, the "
+                        "default), langgraph (the LangGraph Agent Server), or a profile FILE "
+                        "declaring one")
     p.add_argument("--capability", action="append", default=[], metavar="NAME",
                    choices=("autonomous-runs", "disconnect-stops"),
                    help="declare how --target treats a client disconnect, so the disconnect "
@@ -210,6 +229,10 @@ def _add_target_options(p: argparse.ArgumentParser, *, n_default: int | None,
     p.add_argument("--chat-id", help="race on this existing idle chat instead of a new one")
     p.add_argument("--fault", action="append", type=_fault_name, default=[], metavar="NAME",
                    help="embedded only: switch a known bug on in the reference (repeatable)")
+    p.add_argument("--pooler", choices=("pgbouncer",), default=None,
+                   help="embedded only: put PgBouncer (transaction pooling) between the "
+                        "reference and its Postgres, started and removed like it (needs the "
+                        "pgbouncer package: apt-get install pgbouncer)")
     p.add_argument("--losers-fast-ms", type=_positive, default=None,
                    help="bound for race/losers-fast (default 1000, or 3 ms per request above "
                         "N=333)")
@@ -329,7 +352,7 @@ def _serve_reference(args: argparse.Namespace) -> int:
     opts = ServeOptions(host=args.host, port=args.port, token=args.token, dsn=args.dsn,
                         faults=parse_faults(args.fault), provider_url=args.provider_url,
                         autonomous_runs=args.autonomous_runs, lease_s=args.lease_s,
-                        heartbeat_interval_s=args.heartbeat_s)
+                        heartbeat_interval_s=args.heartbeat_s, pooler=args.pooler)
     try:
         return serve_reference(opts)
     except PostgresUnavailable as exc:

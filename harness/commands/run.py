@@ -15,6 +15,8 @@ from pathlib import Path
 
 import trio
 
+from raceharness.adapters import BUILTIN_ADAPTERS
+from raceharness.adapters.base import AdapterError
 from raceharness.core.report import paint, verdict_table
 from raceharness.core.scenario import Scenario, ScenarioError, catalogue, resolve
 from raceharness.net.target import ConfigError, Profile, Target, load_profile
@@ -43,13 +45,16 @@ def _options(args: argparse.Namespace) -> RaceOptions:
                          f"(n <= {MAX_N}, {MAX_REQUESTS} requests); pass --allow-large to lift it")
     target = None
     try:
-        profile = load_profile(args.profile) if args.profile else Profile()
+        profile = _profile(args)
         if args.target:
             if not args.token:
                 raise UsageError("--target needs --token (or HARNESS_TOKEN)")
             if args.fault or getattr(args, "faults", None):
                 raise UsageError("--fault/--faults apply to the embedded reference only, "
                                  "not to --target")
+            if getattr(args, "pooler", None):
+                raise UsageError("--pooler applies to the embedded reference only, not to "
+                                 "--target (put your deployment's own pooler in front of it)")
             target = Target(base_url=args.target, token=args.token,
                             other_token=args.other_token, profile=profile,
                             insecure=args.insecure)
@@ -83,7 +88,23 @@ def _options(args: argparse.Namespace) -> RaceOptions:
         progress="off" if args.quiet else "live" if sys.stderr.isatty() else "lines",
         command=args.command,
         service_settings=declared, strict=args.strict, max_wait_s=args.max_wait,
-        reproduce_flags=reproduce_flags(args))
+        reproduce_flags=reproduce_flags(args), pooler=getattr(args, "pooler", None))
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    """The target profile: ``--profile``'s file and/or ``--adapter`` (a built-in's name, or a
+    profile file declaring one)."""
+    adapter = getattr(args, "adapter", None)
+    if adapter and adapter not in BUILTIN_ADAPTERS:  # a file: the profile itself
+        if args.profile:
+            raise UsageError("--adapter FILE and --profile FILE: give one profile file")
+        return load_profile(adapter)
+    if adapter and not args.target and adapter != "ai-chat":
+        raise UsageError(f"--adapter {adapter} needs --target (the embedded reference speaks "
+                         "ai-chat)")
+    if args.profile or adapter:
+        return load_profile(args.profile, adapter)
+    return Profile()
 
 
 def reproduce_flags(args: argparse.Namespace) -> tuple[str, ...]:
@@ -98,7 +119,9 @@ def reproduce_flags(args: argparse.Namespace) -> tuple[str, ...]:
             flags += ["--other-token", "$HARNESS_OTHER_TOKEN"]
         if args.dsn:
             flags += ["--dsn", '"$HARNESS_DSN"']
-    for flag, value in (("--profile", args.profile), ("--chat-id", args.chat_id),
+    for flag, value in (("--profile", args.profile),
+                        ("--adapter", getattr(args, "adapter", None)),
+                        ("--chat-id", args.chat_id),
                         ("--provider-url", args.provider_url),
                         ("--provider-timeout", args.provider_timeout),
                         ("--lease", args.lease), ("--heartbeat", args.heartbeat),
@@ -112,6 +135,8 @@ def reproduce_flags(args: argparse.Namespace) -> tuple[str, ...]:
         flags += ["--max-wait", f"{args.max_wait:g}"]
     if args.answer_timeout != 10.0:
         flags += ["--answer-timeout", f"{args.answer_timeout:g}"]
+    if getattr(args, "pooler", None):
+        flags += ["--pooler", args.pooler]
     flags += [flag for flag, on in (("--insecure", args.insecure), ("--strict", args.strict),
                                     ("--allow-large", args.allow_large)) if on]
     return tuple(flags)
@@ -157,6 +182,10 @@ def run_command(args: argparse.Namespace) -> int:
     except PreflightError as exc:
         print(f"{name}: preflight: {exc}", file=sys.stderr)
         return exc.exit_code
+    except AdapterError as exc:
+        print(f"{name}: the target's wire is not what its adapter expects: {exc}",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (PostgresUnavailable, EmbeddedStartError, TargetUnreachable) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -184,6 +213,14 @@ def run_command(args: argparse.Namespace) -> int:
                                            "exit 3"))
             print()
         print(verdict_table(report, colour))
+        lacks = report.get("not_checkable") or {}
+        if lacks:
+            adapter = (report.get("adapter") or {}).get("name", "?")
+            print(f"not checkable through adapter {adapter} ({len(lacks)} propert"
+                  f"{'y' if len(lacks) == 1 else 'ies'}"
+                  + ("" if args.strict else "; --strict makes this exit 3") + "):")
+            for prop, why in lacks.items():
+                print(f"  {prop}: {why}")
     return int(report["exit_code"])
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import h11
 import trio
 
+from raceharness.adapters.base import Adapter, StreamReader
+from raceharness.adapters.base import error_summary as _error_body_summary
 from raceharness.core.protocol import CONFLICT_HOLDER
 from raceharness.core.sse import SseParser, UiStream
 
@@ -41,9 +43,9 @@ class Endpoint:
     host: str
     port: int
     ssl_context: ssl.SSLContext | None = None
-    # The JSON field of an error body that names the holder's run id (the target profile's
-    # [conflict] holder; "": the target's conflict answer names none).
-    conflict_holder: str = CONFLICT_HOLDER
+    # The target's adapter: how a 200 stream is read and an error body summarised (None:
+    # the ai-chat protocol's).
+    wire: Adapter | None = None
 
     @property
     def host_header(self) -> str:
@@ -61,10 +63,10 @@ class Response:
     first_frame_ns: int | None = None
     end_ns: int | None = None
     body: bytearray = field(default_factory=bytearray)
-    stream: UiStream | None = None
+    stream: StreamReader | None = None
     comments: int = 0
     error: str | None = None
-    holder_field: str = CONFLICT_HOLDER  # read into ``active_run_id`` ("": none is read)
+    wire: Adapter | None = None  # reads error bodies (None: the protocol's holder field)
 
     def summary(self) -> dict[str, Any]:
         """The completion value recorded in the history."""
@@ -78,7 +80,9 @@ class Response:
                          frames=list(s.types[:200]), error_text=s.error_text, pings=self.comments,
                          findings=[{"code": f.code, "message": f.message} for f in s.findings])
         elif self.status is not None:
-            value.update(_error_body_summary(bytes(self.body), self.holder_field))
+            raw = bytes(self.body)
+            value.update(self.wire.error_summary(raw) if self.wire is not None
+                         else _error_body_summary(raw, CONFLICT_HOLDER))
         server_ns = arrival_ns(self.headers)
         if server_ns is not None:
             value["server_arrival_ns"] = server_ns
@@ -103,23 +107,14 @@ def arrival_ns(headers: dict[str, str]) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _error_body_summary(raw: bytes, holder_field: str = CONFLICT_HOLDER) -> dict[str, Any]:
-    """An error body's ``code``, whether it was a JSON object, and the holder's run id read from
-    ``holder_field`` (recorded as ``active_run_id``; None when the field is ``""``, missing or
-    not a string)."""
-    import json
-
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return {"json": False, "code": None, "active_run_id": None}
-    if not isinstance(body, dict):
-        return {"json": False, "code": None, "active_run_id": None}
-    code = body.get("code")
-    active = body.get(holder_field) if holder_field else None
-    return {"json": True, "code": code if isinstance(code, str) else None,
-            "active_run_id": active if isinstance(active, str) else None,
-            "message": str(body.get("message", ""))[:200]}
+def open_stream(endpoint: Endpoint, headers: dict[str, str]
+                ) -> tuple[SseParser, StreamReader]:
+    """The SSE parser and stream reader for a 200 event stream from ``endpoint``'s target
+    (its adapter's; the protocol's UI-message stream by default)."""
+    wire = endpoint.wire
+    if wire is None:
+        return SseParser(), UiStream()
+    return SseParser(event_typed=wire.event_typed()), wire.new_stream(None, headers)
 
 
 def build_request(endpoint: Endpoint, method: str, target: str, headers: list[tuple[str, str]],
@@ -163,7 +158,8 @@ class Racer:
         self.sock: socket.socket | None = None
         self.stream: trio.abc.Stream | None = None
         self.sent_ns: int | None = None
-        self.response = Response(holder_field=endpoint.conflict_holder)
+        self.response = Response(wire=endpoint.wire)
+        self.chat_id: str | None = None  # the chat the turn is on, when the caller knows it
         self.answered = trio.Event()   # status known and (for a stream) the start frame seen
         self.finished = trio.Event()   # the response ended, or reading failed
 
@@ -248,15 +244,16 @@ class Racer:
                                     for k, v in event.headers}
                     if resp.status == 200 and resp.headers.get(
                             "content-type", "").startswith("text/event-stream"):
-                        parser = SseParser()
-                        resp.stream = UiStream()
+                        parser, resp.stream = open_stream(self.endpoint, resp.headers)
+                        if resp.stream.started:
+                            self.answered.set()
                 elif isinstance(event, h11.Data):
                     if parser is not None and resp.stream is not None:
                         for frame in parser.feed(event.data):
                             if resp.first_frame_ns is None:
                                 resp.first_frame_ns = time.monotonic_ns()
                             resp.stream.on_frame(frame, offset)
-                            if frame.type == "start":
+                            if resp.stream.started:
                                 self.answered.set()
                         offset += len(event.data)
                         resp.comments = parser.comments

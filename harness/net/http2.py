@@ -49,8 +49,14 @@ import h2.exceptions
 import h2.settings
 import trio
 
-from raceharness.core.sse import SseParser, UiStream
-from raceharness.net.http1 import MAX_ERROR_BODY, Endpoint, Response, open_tcp_nodelay
+from raceharness.core.sse import SseParser
+from raceharness.net.http1 import (
+    MAX_ERROR_BODY,
+    Endpoint,
+    Response,
+    open_stream,
+    open_tcp_nodelay,
+)
 
 RECEIVE_SIZE = 65536
 CLOSE_GRACE_S = 1.0  # bound on flushing a RST_STREAM / GOAWAY when a racer is closed over TLS
@@ -95,7 +101,8 @@ class H2Stream:
         self.endpoint: Endpoint = conn.endpoint
         self.stream_id = stream_id
         self.sent_ns: int | None = None
-        self.response = Response(holder_field=conn.endpoint.conflict_holder)
+        self.response = Response(wire=conn.endpoint.wire)
+        self.chat_id: str | None = None  # the chat the turn is on, when the caller knows it
         self.answered = trio.Event()
         self.finished = trio.Event()
         self.released = False  # its final frame was staged (or found unsendable)
@@ -139,8 +146,9 @@ class H2Stream:
         resp.headers_ns = time.monotonic_ns()
         resp.headers = fields
         if resp.status == 200 and fields.get("content-type", "").startswith("text/event-stream"):
-            self._parser = SseParser()
-            resp.stream = UiStream()
+            self._parser, resp.stream = open_stream(self.endpoint, fields)
+            if resp.stream.started:
+                self.answered.set()
 
     def _on_data(self, data: bytes) -> None:
         resp = self.response
@@ -151,7 +159,7 @@ class H2Stream:
                 if resp.first_frame_ns is None:
                     resp.first_frame_ns = time.monotonic_ns()
                 resp.stream.on_frame(frame, self._offset)
-                if frame.type == "start":
+                if resp.stream.started:
                     self.answered.set()
             self._offset += len(data)
             resp.comments = self._parser.comments

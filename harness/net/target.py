@@ -1,6 +1,8 @@
 """Where and how to reach the system under test: URL, credentials and a *target profile*.
 
-The default profile speaks protocol.md. A deployment whose paths, auth header or conflict answer
+A profile picks the target's adapter (``adapter = "ai-chat"``, the default; ``"langgraph"``; or
+``"template"``, a server declared in the file: see ``adapters/template.py``) and configures it.
+The ai-chat profile speaks protocol.md. A deployment whose paths, auth header or conflict answer
 differ is described by a TOML file, so it can be tested without code changes. Every section and
 every field is optional (a missing one keeps the protocol's value); the complete profile, with
 the protocol's values::
@@ -21,34 +23,54 @@ the protocol's values::
                                     # answer is read as a rate limit: undecided)
     code = "A_RUN_ALREADY_ACTIVE"   # the JSON body's `code`; "" when there is no code to check
     holder = "activeRunId"          # the JSON field naming the holder's run id; "" when the
-                                    # answer names no holder (race/losers-409 is then never
-                                    # valid: the holder part cannot be checked)
+                                    # answer names none (race/holder-named is then not
+                                    # checkable on this target, and says why)
+    pattern = ""                    # a regular expression the answer's body must match
 
     [service]                       # what the deployment is configured with (optional; the
     provider_timeout_s = 300        # flags --provider-timeout, --lease, --heartbeat win):
     lease_s = 30                    # scenarios that rely on one run only when it is declared
     heartbeat_s = 5
 
+    [control]                       # optional: how the harness may break and heal the
+    kill = "..."                    # deployment (shell commands, instance URLs): see
+    start = "..."                   # net/control_spec.py and examples/control/
+
 ``[conflict]`` is what every checker recognises as a conflict (``race/losers-409``,
 ``chats/*``, ``recovery/lease-reclaims``); the engine records it in each trial's meta
-(``conflict``, and ``conflict_holder_id: false`` when ``holder = ""``), and the racers read the
-holder's id from the ``holder`` field of an error body. With ``code`` and ``holder`` both ``""``
-the answer's body is not read at all (it need not be JSON).
+(``conflict``), and the racers read the holder's id from the ``holder`` field of an error body.
+With ``code`` and ``holder`` both ``""`` the answer need not be JSON.
 
 Errors name the file, the field and the value.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from raceharness.core.checks.base import CONFLICT_HOLDER, CONFLICT_STATUS, RUN_ALREADY_ACTIVE
+from raceharness.adapters import BUILTIN_ADAPTERS, builtin_profile_data
+from raceharness.adapters.aichat import AiChatAdapter
+from raceharness.adapters.base import Adapter, Conflict
+from raceharness.adapters.template import (
+    TEMPLATE_KEYS,
+    TEMPLATE_SECTIONS,
+    ProfileError,
+    TemplateAdapter,
+    TemplateSpec,
+    parse_template,
+)
+from raceharness.net.control_spec import ControlSpec, ControlSpecError, parse_control
 from raceharness.net.http1 import Endpoint
+
+__all__ = ["Auth", "ConfigError", "Conflict", "Paths", "Profile", "Service", "Target",
+           "load_profile", "profile_from_data"]
 
 
 class ConfigError(ValueError):
@@ -71,19 +93,6 @@ class Auth:
 
 
 @dataclass(frozen=True)
-class Conflict:
-    """The target's answer to a turn on a chat another run holds (protocol.md §2.3)."""
-
-    status: int = CONFLICT_STATUS
-    code: str = RUN_ALREADY_ACTIVE  # "": no code to check
-    holder: str = CONFLICT_HOLDER   # "": the answer names no holder
-
-    def meta(self) -> dict[str, Any]:
-        """What a trial's meta records of it (``core.checks.base.conflict_answer`` reads it)."""
-        return {"status": self.status, "code": self.code, "holder": self.holder}
-
-
-@dataclass(frozen=True)
 class Service:
     """The deployment's settings the scenarios may rely on (scenario.SERVICE_SETTINGS)."""
 
@@ -101,13 +110,28 @@ class Profile:
     auth: Auth = field(default_factory=Auth)
     conflict: Conflict = field(default_factory=Conflict)
     service: Service = field(default_factory=Service)
+    # a declared adapter (profile v2; adapters/template.py); None: the ai-chat protocol
+    template: TemplateSpec | None = None
+    # [control]: how the harness may kill, start and take the database away (control_spec.py)
+    control: ControlSpec | None = None
+
+    @cached_property
+    def adapter(self) -> Adapter:
+        """The target's wire shape: the profile's template, else the ai-chat protocol."""
+        if self.template is not None:
+            return TemplateAdapter(self.template, self.conflict)
+        return AiChatAdapter(self.paths, self.conflict)
 
 
 _SECTIONS: dict[str, type] = {"paths": Paths, "auth": Auth, "conflict": Conflict,
-                              "service": Service}
+                              "service": Service, "control": ControlSpec}
 
 
-def load_profile(path: str | Path) -> Profile:
+def load_profile(path: str | Path | None = None, adapter: str | None = None) -> Profile:
+    """The profile in ``path`` (TOML), on top of the built-in adapter ``adapter`` names (or the
+    file's own ``adapter = "..."``); with no path, the built-in adapter's profile itself."""
+    if path is None:
+        return profile_from_data({}, f"--adapter {adapter}", adapter)
     where = str(path)
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -117,6 +141,43 @@ def load_profile(path: str | Path) -> Profile:
         raise ConfigError(f"{where}: cannot read profile file: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    return profile_from_data(data, where, adapter)
+
+
+def profile_from_data(data: dict[str, Any], where: str, adapter: str | None = None) -> Profile:
+    """A profile from its TOML tables. ``adapter = "ai-chat"`` (the default) takes the v1
+    sections; ``"template"`` the v2 ones (adapters/template.py); a built-in's name
+    (``"langgraph"``) starts from that built-in's profile, which the file's tables override."""
+    named = data.get("adapter")
+    if named is not None and not isinstance(named, str):
+        raise ConfigError(f"{where}: adapter: expected a name, got {named!r}")
+    if adapter and named and adapter != named and named != "template":
+        raise ConfigError(f"{where}: adapter: the file says {named!r}, --adapter says "
+                          f"{adapter!r}")
+    name = adapter or named or "ai-chat"
+    if name in BUILTIN_ADAPTERS and name != "ai-chat":
+        data = _merge(builtin_profile_data(name), {k: v for k, v in data.items()
+                                                   if k != "adapter"})
+        name = "template"
+    if name not in ("ai-chat", "template"):
+        raise ConfigError(f"{where}: adapter: unknown adapter {name!r}; expected one of "
+                          f"{', '.join([*BUILTIN_ADAPTERS, 'template'])}")
+    template: TemplateSpec | None = None
+    if name == "template":
+        tables = {k: v for k, v in data.items() if k in TEMPLATE_SECTIONS or k in TEMPLATE_KEYS}
+        try:
+            template = parse_template(tables, where)
+        except ProfileError as exc:
+            raise ConfigError(str(exc)) from None
+        if "paths" in data:
+            raise ConfigError(f"{where}: [paths] is for the ai-chat adapter; a template "
+                              "profile names its [routes]")
+    else:
+        strangers = [k for k in data if k in TEMPLATE_SECTIONS or k in ("name", "provides")]
+        if strangers:
+            raise ConfigError(f"{where}: [{strangers[0]}] needs adapter = \"template\" (a "
+                              "declared adapter); the ai-chat adapter takes [paths]")
+    data = {k: v for k, v in data.items() if k not in TEMPLATE_SECTIONS and k not in TEMPLATE_KEYS}
     profile = Profile()
     for section, value in data.items():
         if section not in _SECTIONS:
@@ -124,6 +185,12 @@ def load_profile(path: str | Path) -> Profile:
                               f"{', '.join(_SECTIONS)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: [{section}] must be a table")
+        if section == "control":  # its own strict loader: net/control_spec.py
+            try:
+                profile = replace(profile, control=parse_control(value, where))
+            except ControlSpecError as exc:
+                raise ConfigError(str(exc)) from None
+            continue
         cls = _SECTIONS[section]
         known = {f.name: f for f in fields(cls)}
         current = getattr(profile, section)
@@ -144,12 +211,18 @@ def load_profile(path: str | Path) -> Profile:
                                   f"{expected.__name__}, got {item!r}")
             if section == "paths" and item and not str(item).startswith("/"):
                 raise ConfigError(f"{where}: {section}.{key}: must start with '/', got {item!r}")
+            if section == "conflict" and key == "pattern" and item:
+                try:
+                    re.compile(item)
+                except re.error as exc:
+                    raise ConfigError(f"{where}: {section}.{key}: not a regular expression "
+                                      f"({exc}): {item!r}") from None
             if section == "conflict" and key == "status" and not 400 <= item <= 599:
                 raise ConfigError(f"{where}: {section}.{key}: expected a 4xx or 5xx status, "
                                   f"got {item!r}")
             updates[key] = item
         profile = replace(profile, **{section: replace(current, **updates)})
-    return profile
+    return replace(profile, template=template)
 
 
 @dataclass(frozen=True)
@@ -173,8 +246,7 @@ class Target:
             if self.insecure:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-        return Endpoint(parts.scheme, parts.hostname, port, ctx,
-                        conflict_holder=self.profile.conflict.holder)
+        return Endpoint(parts.scheme, parts.hostname, port, ctx, wire=self.profile.adapter)
 
     @property
     def prefix(self) -> str:
@@ -184,3 +256,12 @@ class Target:
         value = token or self.token
         scheme = self.profile.auth.scheme
         return [(self.profile.auth.header, f"{scheme} {value}" if scheme else value)]
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over``'s tables on ``base``'s, key by key (a built-in profile, then the user's)."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = (_merge(base[key], value) if isinstance(value, dict)
+                       and isinstance(base.get(key), dict) else value)
+    return merged

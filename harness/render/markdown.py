@@ -82,6 +82,19 @@ def _not_tested(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _not_checkable(report: Mapping[str, Any]) -> list[str]:
+    """Every property the target's adapter gives no evidence for, with why."""
+    lacks = report.get("not_checkable") or {}
+    if not lacks:
+        return []
+    adapter = (report.get("adapter") or {}).get("name", "?")
+    strict = "" if report.get("strict") else " (`--strict` makes this inconclusive)"
+    lines = ["", f"**Not checkable through adapter {md(adapter)}** ({len(lacks)} "
+             f"propert{'y' if len(lacks) == 1 else 'ies'}){strict}:", ""]
+    lines += [f"- {md(prop)}: {md(why)}" for prop, why in lacks.items()]
+    return lines
+
+
 def _spreads(report: Mapping[str, Any]) -> list[str]:
     lines = []
     for key, what in (("release_spread_ms", "Release spread (last bytes sent)"),
@@ -146,7 +159,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = [f"## raceharness: {verdict_word(verdict)}", "",
              f"Verdict **{md(verdict)}** (exit code {md(report.get('exit_code'))}). "
              f"{md(_trial_counts(trials))}", "", *_property_table(report),
-             *_scenario_table(report), *_not_tested(report), "", *_spreads(report)]
+             *_scenario_table(report), *_not_tested(report), *_not_checkable(report), "",
+             *_spreads(report)]
     if failing:
         lines += _first_failure(report, failing)
     lines += ["", _config_line(report)]

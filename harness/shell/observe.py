@@ -1,4 +1,5 @@
-"""Observers: the protocol's own routes (httpx) and, with a DSN, read-only SQL on the tables.
+"""Observers: the target's own routes (httpx, through its adapter) and, with a DSN, read-only
+SQL on the tables.
 
 psycopg's async API does not run on trio, so database reads are sync psycopg in worker threads
 behind a ``CapacityLimiter`` sized to the burst. Every connection is read-only
@@ -17,14 +18,14 @@ import trio
 from raceharness.core.history import DbSnapshot, MessageRow, RunRow
 from raceharness.net.target import Target
 
-RUNS_PAGE_LIMIT = 200  # the largest /runs page protocol.md §4 allows
-
 
 class ServiceClient:
-    """The protocol routes other than the raced stream: stop, run, runs, health."""
+    """The target's routes other than the raced stream (stop, runs, run, health, chats),
+    spoken through its adapter (``target.profile.adapter``)."""
 
     def __init__(self, target: Target, timeout_s: float = 10.0) -> None:
         self.target = target
+        self.adapter = target.profile.adapter
         self._client = httpx.AsyncClient(base_url=target.base_url.rstrip("/"),
                                          timeout=timeout_s, verify=not target.insecure)
 
@@ -36,15 +37,8 @@ class ServiceClient:
 
     async def stop(self, *, run_id: str | None = None, chat_id: str | None = None,
                    token: str | None = None) -> tuple[int, bool | None]:
-        body: dict[str, str] = {}
-        if run_id:
-            body["runId"] = run_id
-        if chat_id:
-            body["chatId"] = chat_id
-        resp = await self._client.post(self.target.profile.paths.stop, json=body,
-                                       headers=self._headers(token))
-        stopped = _data(resp).get("stopped") if resp.status_code == 200 else None
-        return resp.status_code, stopped if isinstance(stopped, bool) else None
+        return await self.adapter.stop(self._client, self._headers(token), run_id=run_id,
+                                       chat_id=chat_id)
 
     async def runs(self, chat_id: str, status: str | None = None,
                    token: str | None = None) -> tuple[int, list[dict[str, Any]] | None]:
@@ -54,36 +48,24 @@ class ServiceClient:
     async def runs_page(self, chat_id: str, status: str | None = None,
                         token: str | None = None
                         ) -> tuple[int, list[dict[str, Any]] | None, bool]:
-        """``/runs`` (newest first, the largest page the protocol allows): (status, runs,
-        truncated). ``truncated`` is True when the service said more pages follow
-        (``nextCursor``), so a run missing from the list is not evidence it does not exist."""
-        path = self.target.profile.paths.runs
-        if not path:
-            return 0, None, False
-        params = {"chatId": chat_id, "limit": str(RUNS_PAGE_LIMIT),
-                  **({"status": status} if status else {})}
-        resp = await self._client.get(path, params=params, headers=self._headers(token))
-        if resp.status_code != 200:
-            return resp.status_code, None, False
-        data = _data(resp)
-        items = data.get("items")
-        if not isinstance(items, list):
-            return resp.status_code, None, False
-        return resp.status_code, [{"id": i.get("id"), "status": i.get("status")}
-                                  for i in items if isinstance(i, dict)], bool(
-                                      data.get("nextCursor"))
+        """The chat's runs, newest first, statuses mapped onto the protocol's: (status, runs,
+        truncated). ``truncated``: more pages follow, so a run missing from the list is not
+        evidence it does not exist. Status 0: the target lists no runs."""
+        return await self.adapter.runs_page(self._client, self._headers(token), chat_id, status)
 
     async def latest(self, chat_id: str, token: str | None = None
                      ) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
-        """``/run``: the chat's latest run and its assistant message (wire shapes)."""
-        resp = await self._client.post(self.target.profile.paths.run, json={"chatId": chat_id},
-                                       headers=self._headers(token))
-        if resp.status_code != 200:
-            return resp.status_code, None, None
-        data = _data(resp)
-        run, message = data.get("run"), data.get("message")
-        return (resp.status_code, run if isinstance(run, dict) else None,
-                message if isinstance(message, dict) else None)
+        """The chat's latest run and its assistant message (wire shapes)."""
+        return await self.adapter.latest(self._client, self._headers(token), chat_id)
+
+    async def create_chat(self) -> tuple[int, str | None]:
+        return await self.adapter.create_chat(self._client, self._headers())
+
+    async def count_chats(self, chat_id: str) -> tuple[int, int | None]:
+        return await self.adapter.count_chats(self._client, self._headers(), chat_id)
+
+    async def run_status(self, chat_id: str, run_id: str) -> str | None:
+        return await self.adapter.run_status(self._client, self._headers(), chat_id, run_id)
 
     async def raw(self, method: str, path: str, token: str | None = None, *,
                   authenticated: bool = True, headers: dict[str, str] | None = None,
@@ -94,18 +76,7 @@ class ServiceClient:
         return resp.status_code
 
     async def health(self) -> int:
-        resp = await self._client.get(self.target.profile.paths.health)
-        return resp.status_code
-
-
-def _data(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        body = resp.json()
-    except ValueError:
-        return {}
-    if isinstance(body, dict) and isinstance(body.get("data"), dict):
-        return body["data"]  # type: ignore[no-any-return]
-    return body if isinstance(body, dict) else {}
+        return await self.adapter.health(self._client)
 
 
 class DbObserver:

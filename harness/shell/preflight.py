@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import httpx
 import psycopg
 import trio
 from psycopg.conninfo import conninfo_to_dict
@@ -29,7 +30,7 @@ from raceharness.runtime import EXIT_UNREACHABLE
 from raceharness.runtime import EXIT_USAGE as EXIT_CONFIG
 from raceharness.shell.fake_provider import FakeProvider
 from raceharness.shell.observe import ServiceClient
-from raceharness.trial.context import race_text, turn_body
+from raceharness.trial.context import race_text, settle_terminal, turn_request
 
 TABLES = ("ai_chats", "ai_chat_runs", "ai_chat_messages")
 
@@ -87,11 +88,14 @@ async def preflight_turn(target: Target, provider: FakeProvider | None,
     if provider is not None:
         previous = provider.mode_for
         provider.mode_for = lambda n: "finish" if n == nonce else previous(n)
-    path = target.prefix + target.profile.paths.stream
-    racer = Racer(target.endpoint(), "POST", path,
-                  [("content-type", "application/json"), ("accept", "text/event-stream"),
-                   *target.auth_headers()], turn_body(race_text(nonce, "preflight"), None))
-    where = f"POST {target.base_url.rstrip('/')}{target.profile.paths.stream}"
+    adapter = target.profile.adapter
+    chat_id = None
+    if not adapter.creates_chat_by_turn:  # the chat first (its adapter's own route)
+        chat_id = await _create_chat(target, bound_s)
+    method, path, headers, body = turn_request(target, race_text(nonce, "preflight"), chat_id)
+    racer = Racer(target.endpoint(), method, path, headers, body)
+    racer.chat_id = chat_id
+    where = f"{method} {target.base_url.rstrip('/')}{path[len(target.prefix):]}"
     ended = False
     try:
         with trio.move_on_after(bound_s):
@@ -103,6 +107,11 @@ async def preflight_turn(target: Target, provider: FakeProvider | None,
             await racer.send_whole()
             await racer.read_response()
             ended = True
+            client = ServiceClient(target)
+            try:
+                await settle_terminal(client, racer)
+            finally:
+                await client.aclose()
     finally:
         await racer.aclose()
     resp = racer.response
@@ -114,8 +123,8 @@ async def preflight_turn(target: Target, provider: FakeProvider | None,
         raise PreflightError(f"the target refused the token: {status} to {where}; check "
                              "--token (or HARNESS_TOKEN)", EXIT_CONFIG)
     if status in (404, 405):
-        raise PreflightError(f"the target answered {status} to {where}: check --target and "
-                             "the profile's paths", EXIT_CONFIG)
+        raise PreflightError(f"the target answered {status} to {where}: check --target, "
+                             f"--adapter ({adapter.name}) and the profile's paths", EXIT_CONFIG)
     run_id = resp.stream.run_id if resp.stream is not None else None
     if status != 200:
         raise PreflightError(f"an ordinary turn on a new chat was answered {status} "
@@ -124,7 +133,7 @@ async def preflight_turn(target: Target, provider: FakeProvider | None,
     called = provider is not None and bool(provider.calls_for(nonce))
     if provider is not None and not called:
         if not ended:
-            await _stop(target, run_id)
+            await _stop(target, run_id, chat_id)
         wanted = provider_url or provider.base_url
         raise PreflightError(
             f"the target never called the fake provider at {provider.base_url} during an "
@@ -132,7 +141,7 @@ async def preflight_turn(target: Target, provider: FakeProvider | None,
             + ("" if provider_url else " (or pass --provider-url with the URL the target "
                "reaches the harness by)"), EXIT_UNREACHABLE)
     if not ended:
-        await _stop(target, run_id)
+        await _stop(target, run_id, chat_id)
         raise PreflightError(f"an ordinary turn did not end within {bound_s:g} s ({where})",
                              EXIT_UNREACHABLE)
     terminal = resp.stream.terminal if resp.stream is not None else None
@@ -149,14 +158,51 @@ async def preflight_turn(target: Target, provider: FakeProvider | None,
             "terminal": terminal}
 
 
-async def _stop(target: Target, run_id: str | None) -> None:
+async def server_version(target: Target, bound_s: float = 10.0
+                         ) -> tuple[str | None, str | None]:
+    """The target's server version, as its adapter reads it, and a warning when the adapter
+    was not tested against that version (both None when the adapter names no version)."""
+    client = ServiceClient(target)
+    try:
+        with trio.move_on_after(bound_s):
+            return await target.profile.adapter.server_version(client._client)  # noqa: SLF001
+        return None, f"the target's version route did not answer within {bound_s:g} s"
+    except httpx.HTTPError as exc:
+        return None, f"the target's version route failed: {type(exc).__name__}"
+    finally:
+        await client.aclose()
+
+
+async def _create_chat(target: Target, bound_s: float) -> str:
+    client = ServiceClient(target)
+    where = f"{target.base_url.rstrip('/')} (adapter {target.profile.adapter.name})"
+    try:
+        with trio.move_on_after(bound_s):
+            status, chat_id = await client.create_chat()
+            if status in (401, 403):
+                raise PreflightError(f"the target refused the token creating a chat: {status} "
+                                     f"at {where}; check --token", EXIT_CONFIG)
+            if chat_id is None:
+                raise PreflightError(f"creating a chat was answered {status} at {where}: "
+                                     "check --target and --adapter", EXIT_CONFIG)
+            return chat_id
+        raise PreflightError(f"the target did not answer creating a chat at {where} within "
+                             f"{bound_s:g} s", EXIT_UNREACHABLE)
+    except httpx.ConnectError as exc:
+        raise PreflightError(f"cannot reach the target: {where}: {exc}",
+                             EXIT_UNREACHABLE) from None
+    finally:
+        await client.aclose()
+
+
+async def _stop(target: Target, run_id: str | None, chat_id: str | None = None) -> None:
     """Best effort: leave nothing running behind a failed preflight."""
     if run_id is None:
         return
     client = ServiceClient(target)
     try:
         with trio.move_on_after(5):
-            await client.stop(run_id=run_id)
+            await client.stop(run_id=run_id, chat_id=chat_id)
     except Exception:  # noqa: BLE001, S110 - best effort; the preflight already failed
         pass
     finally:

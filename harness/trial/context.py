@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import trio
 
+from raceharness.adapters.base import TERMINAL_FOR_STATUS
 from raceharness.core.history import HistoryWriter, Op, OpType
 from raceharness.core.protocol import default_losers_fast_bound_ms
 from raceharness.net.http1 import Racer
@@ -119,15 +121,44 @@ class TrialContext:
 
     def turn_request(self, text: str, chat_id: str | None, instance: int = 0
                      ) -> tuple[str, str, list[tuple[str, str]], bytes]:
-        """(method, path, headers, body) of a stream request to instance ``instance``."""
-        t = self.targets[instance]
-        return ("POST", t.prefix + t.profile.paths.stream,
-                [("content-type", "application/json"), ("accept", "text/event-stream"),
-                 *t.auth_headers()], turn_body(text, chat_id))
+        """(method, path, headers, body) of a turn to instance ``instance``."""
+        return turn_request(self.targets[instance], text, chat_id)
 
     def racer(self, text: str, chat_id: str | None, instance: int = 0) -> Racer:
-        return Racer(self.targets[instance].endpoint(),
-                     *self.turn_request(text, chat_id, instance))
+        racer = Racer(self.targets[instance].endpoint(),
+                      *self.turn_request(text, chat_id, instance))
+        racer.chat_id = chat_id
+        return racer
+
+
+def turn_request(target: Target, text: str, chat_id: str | None
+                 ) -> tuple[str, str, list[tuple[str, str]], bytes]:
+    """(method, path, headers, body) of a turn on ``target``, as its adapter shapes it."""
+    method, path, extra, body = target.profile.adapter.turn_request(text, chat_id)
+    return (method, target.prefix + path,
+            [("content-type", "application/json"), *extra, *target.auth_headers()], body)
+
+
+async def settle_terminal(service: ServiceClient, racer: Racer, bound_s: float = 5.0) -> None:
+    """For a target whose streams end without a terminal frame (its adapter's ``stream_end``
+    is ``status``): once a 200 stream ended, the terminal its run's status stands for (read
+    from the target, bounded; left None while the run is still active or cannot be read)."""
+    stream = racer.response.stream
+    chat_id = getattr(racer, "chat_id", None) or (stream.chat_id if stream else None)
+    if (service.adapter.stream_end != "status" or stream is None or stream.terminal
+            or not stream.run_id or not chat_id or racer.response.end_ns is None):
+        return
+    with trio.move_on_after(bound_s):
+        while True:
+            try:
+                status = await service.run_status(chat_id, stream.run_id)
+            except httpx.HTTPError:
+                status = None
+            terminal = TERMINAL_FOR_STATUS.get(status or "")
+            if terminal is not None:
+                stream.terminal = terminal
+                return
+            await trio.sleep(0.05)  # polling the target's record, bounded by bound_s
 
 
 async def whole_turn(ctx: TrialContext, rec: Recorder, process: int, role: str,
@@ -141,6 +172,7 @@ async def whole_turn(ctx: TrialContext, rec: Recorder, process: int, role: str,
             await racer.connect()
             sent_ns = await racer.send_whole()
             await racer.read_response()
+            await settle_terminal(ctx.service, racer)
     except (OSError, trio.TooSlowError) as exc:
         reached = racer.sent_ns is not None
         value = {"error": f"{type(exc).__name__}: {exc}", **racer.response.summary()}

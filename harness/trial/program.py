@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from raceharness.adapters.base import AdapterError
 from raceharness.core.history import Trial
 from raceharness.core.scenario import Scenario, Step
 from raceharness.core.steps import Phase
@@ -49,12 +50,13 @@ async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
         "sync": cfg.sync, "losers_fast_bound_ms": losers_fast_bound_ms(cfg),
         "stop_bound_ms": cfg.stop_bound_ms, "provider_access": ctx.provider is not None,
         "db_access": ctx.db is not None, "instances": len(ctx.targets),
-        # the target's answer to a turn on a held chat, as its profile says (the checkers'
+        # the target's answer to a turn on a held chat, as its adapter says (the checkers'
         # conflict answer); a holder field of "" means the answer cannot name the holder
-        "conflict": ctx.target.profile.conflict.meta(),
+        "conflict": ctx.service.adapter.conflict.meta(),
+        "adapter": ctx.service.adapter.name,
+        "stream_end": ctx.service.adapter.stream_end,
+        "not_checkable": sorted(ctx.service.adapter.lacks),
     }
-    if not ctx.target.profile.conflict.holder:
-        meta["conflict_holder_id"] = False
     ended = False
     try:
         trial = await _steps(ctx, scenario, shared, rec, meta)
@@ -116,7 +118,7 @@ async def _cleanup(program: Program) -> None:
     evidence that every run the trial saw is one the service reports), then stop every run
     still active there (bounded; recorded)."""
     ctx, st = program.ctx, program.state
-    if not ctx.target.profile.paths.runs:
+    if not ctx.service.adapter.has_runs():
         return
     chats = [c for c in [st.chat_id, *st.chats] if c]
     with trio.move_on_after(10):
@@ -125,6 +127,8 @@ async def _cleanup(program: Program) -> None:
                             {"chat_id": chat_id, "phase": Phase.CLEANUP.value})
             try:
                 status, runs, truncated = await ctx.service.runs_page(chat_id)
+            except AdapterError:  # the target's wire is not what its adapter says: loudly
+                raise
             except Exception as exc:  # noqa: BLE001 - best effort; the lease reclaims the rest
                 program.rec.add("info", "runs", P_CLEANUP, None,
                                 {"phase": Phase.CLEANUP.value, "error": type(exc).__name__})

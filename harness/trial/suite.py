@@ -27,12 +27,15 @@ from raceharness.core.report import build_report
 from raceharness.core.scenario import SERVICE_SETTINGS, Scenario, catalogue
 from raceharness.net.target import Target
 from raceharness.runtime import raise_on_signal, single_error
+from raceharness.shell.control import command_control, scenario_targets
 from raceharness.shell.fake_provider import FakeProvider
 from raceharness.shell.observe import DbObserver, ServiceClient
-from raceharness.shell.preflight import check_database, preflight_turn
+from raceharness.shell.preflight import check_database, preflight_turn, server_version
+from raceharness.shell.provenance import build_provenance
 from raceharness.stack.embedded import EmbeddedService, embedded_postgres, reference_service
 from raceharness.trial.context import RaceConfig, TrialContext, losers_fast_bound_ms
 from raceharness.trial.program import StepNotAvailable, planned_wait_s, run_scenario_trial
+from raceharness.trial.steps.base import stream_attr
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ class RaceOptions:
     # paths as given), and how each scenario was named (a catalogue name or a file path).
     reproduce_flags: tuple[str, ...] = ()
     scenario_args: dict[str, str] = field(default_factory=dict)
+    # Embedded only: a pooler in front of the harness's Postgres ("pgbouncer": transaction
+    # pooling), which the reference reaches its database through (stack/pooler.py).
+    pooler: str | None = None
 
 
 @dataclass
@@ -131,6 +137,13 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
     skipped: dict[str, str] = {}
     embedded = opts.target is None
     available = EMBEDDED_CAPABILITIES if embedded else _target_capabilities(opts)
+    adapter = (opts.target.profile.adapter if opts.target is not None
+               else Target("http://embedded", "").profile.adapter)
+    available |= adapter.provides | ({"client-chat-ids"} if adapter.client_chat_ids
+                                     else frozenset())
+    not_checkable: dict[str, str] = {}
+    server: dict[str, str | None] = {}  # the target's version, as its adapter reads it
+    provenance = build_provenance({"run": base_seed})  # the code, date and machine at start
     try:
         async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
             await nursery.start(raise_on_signal)
@@ -145,7 +158,11 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                     await trio.to_thread.run_sync(check_database, opts.dsn)
                 await preflight_turn(opts.target, provider, opts.provider_url,
                                      opts.config.answer_timeout_s)
-            cluster = await stack.enter_async_context(embedded_postgres()) if embedded else None
+                server["version"], server["warning"] = await server_version(opts.target)
+                if server["warning"]:
+                    print(f"warning: {server['warning']}", file=sys.stderr, flush=True)
+            cluster = await stack.enter_async_context(
+                embedded_postgres(pooler=opts.pooler)) if embedded else None
             if writer is not None:
                 writer.header({"target": "embedded" if embedded else opts.target.base_url,  # type: ignore[union-attr]
                                "command": opts.command, "n": opts.n, "trials": opts.trials,
@@ -163,6 +180,13 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                 if missing:
                     skipped[scenario.name] = "needs " + ", ".join(
                         f"{m} ({_capability_hint(m)})" for m in missing)
+                    continue
+                checked = [p for p in scenario.properties if p not in adapter.lacks]
+                not_checkable.update({p: adapter.lacks[p] for p in scenario.properties
+                                      if p in adapter.lacks})
+                if not checked:
+                    skipped[scenario.name] = (f"adapter {adapter.name} can check none of its "
+                                              "properties")
                     continue
                 settings, why_not = scenario_settings(opts, scenario, embedded)
                 if why_not:
@@ -184,7 +208,13 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                         dsn: str | None = service.dsn
                     else:
                         assert opts.target is not None
-                        targets, dsn, control = [opts.target], opts.dsn, None
+                        # [control] (shell/control.py): the instances the scenario's
+                        # requests go to, and the commands that break and then heal them
+                        targets, dsn = scenario_targets(opts.target, scenario), opts.dsn
+                        control = command_control(opts.target, opts.report_dir, scenario.name,
+                                                  opts.service_settings)
+                        if control is not None:  # heals after it, also on failure and Ctrl-C
+                            per_scenario.push_async_exit(control.heal_on_exit)
                     services = [ServiceClient(t) for t in targets]
                     for svc in services:
                         per_scenario.push_async_callback(svc.aclose)
@@ -206,7 +236,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                                 settings=settings)
                             trial = await run_trial(ctx, scenario, shared)
                             trials.append(trial)
-                            results.append(check_trial(trial, scenario.properties))
+                            results.append(check_trial(trial, checked))
                             _progress(opts, f"scenario {k}/{len(scenarios)} {scenario.name} "
                                       f"trial {i}/{count}", results[-1],
                                       time.monotonic() - started, time.monotonic() - t0)
@@ -218,7 +248,8 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
     finally:
         if writer_file is not None:
             writer_file.close()
-    return _outcome(opts, scenarios, base_seed, trials, results, skipped)
+    return _outcome(opts, scenarios, base_seed, trials, results, skipped, not_checkable,
+                    server, provenance)
 
 
 def scenario_settings(opts: RaceOptions, scenario: Scenario, embedded: bool
@@ -260,6 +291,8 @@ def _target_capabilities(opts: RaceOptions) -> frozenset[str]:
         have.add("db")
     if opts.target is not None and opts.target.other_token:
         have.add("other-token")
+    if opts.target is not None and opts.target.profile.control is not None:
+        have |= opts.target.profile.control.capabilities()  # [control]: its commands
     return frozenset(have)
 
 
@@ -287,7 +320,9 @@ def _progress(opts: RaceOptions, where: str, result: dict[str, CheckResult], too
 
 def _outcome(opts: RaceOptions, scenarios: Sequence[Scenario], base_seed: int,
              trials: list[Trial], results: list[dict[str, CheckResult]],
-             skipped: dict[str, str]) -> RaceOutcome:
+             skipped: dict[str, str], not_checkable: dict[str, str] | None = None,
+             server: dict[str, str | None] | None = None,
+             provenance: dict[str, Any] | None = None) -> RaceOutcome:
     names = [s.name for s in scenarios]
     config = {"command": opts.command, "scenarios": names, "n": opts.n,
               "trials": opts.trials, "seed": base_seed, "sync": opts.config.sync,
@@ -311,9 +346,19 @@ def _outcome(opts: RaceOptions, scenarios: Sequence[Scenario], base_seed: int,
         for s in scenarios}
     if not trials:
         report["verdict"], report["exit_code"] = "unknown", 3
+    # properties the target's adapter gives no evidence for: not checked, each with why
+    report["not_checkable"] = dict(not_checkable or {})
+    report["adapter"] = (opts.target.profile.adapter.describe() if opts.target is not None
+                         else {"name": "ai-chat"})
+    if server and server.get("version"):
+        report["adapter"]["server_version"] = server["version"]
+    if server and server.get("warning"):
+        report["adapter"]["warning"] = server["warning"]
+    if provenance is not None:
+        report["provenance"] = provenance
     report["strict"] = opts.strict
-    if opts.strict and skipped and report["exit_code"] == 0:  # not tested is not passed
-        report["verdict"], report["exit_code"] = "unknown", 3
+    if opts.strict and (skipped or not_checkable) and report["exit_code"] == 0:
+        report["verdict"], report["exit_code"] = "unknown", 3  # not tested is not passed
     if opts.report_dir is not None:
         from raceharness.render import write_reports
 
@@ -344,14 +389,14 @@ async def run_trial(ctx: TrialContext, scenario: Scenario, shared: dict[str, Any
 
 async def stop_leftovers(ctx: TrialContext) -> None:
     """Stop every run this trial's racers started that may still be active (bounded)."""
-    run_ids = {r.response.stream.run_id for r in ctx.racers
+    run_ids = {r.response.stream.run_id: stream_attr(r, "chat_id") for r in ctx.racers
                if r.response.stream is not None and r.response.stream.run_id}
     if ctx.provider is not None:
         ctx.provider.release_all()
     with trio.move_on_after(5):
-        for run_id in run_ids:
+        for run_id, chat_id in run_ids.items():
             try:
-                await ctx.service.stop(run_id=run_id)
+                await ctx.service.stop(run_id=run_id, chat_id=chat_id)
             except Exception:  # noqa: BLE001 - best effort, the lease reclaims the rest
                 log.warning("could not stop run %s during cleanup", run_id)
     for racer in ctx.racers:
@@ -371,5 +416,6 @@ def check_history(path: Path, properties: Sequence[str] | None = None
         props: Sequence[str] = properties or (
             known[trial.meta["scenario"]].properties
             if trial.meta.get("scenario") in known else SINGLE_CHAT_RACE)
-        results.append(check_trial(trial, props))
+        lacks = trial.meta.get("not_checkable") or ()
+        results.append(check_trial(trial, [p for p in props if p not in lacks]))
     return run_meta, trials, results

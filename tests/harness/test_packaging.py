@@ -38,6 +38,7 @@ def test_the_wheel_adds_exactly_one_top_level_import_name(tmp_path: Path) -> Non
     assert tops == {"raceharness"}
     assert "raceharness/reference/gate.py" in names
     assert "raceharness/scenarios/01-same-chat-burst.toml" in names
+    assert "raceharness/adapters/langgraph.toml" in names  # a built-in adapter is data
     assert "raceharness/schemas/report-v1.schema.json" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -84,3 +85,16 @@ def test_a_repository_with_its_own_harness_reference_and_scenarios_runs_the_plug
                           timeout=280)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "2 passed" in done.stdout
+
+
+def test_every_package_folder_is_in_the_wheel() -> None:
+    """pyproject lists its packages explicitly (the folders are mapped into one name): a new
+    subpackage left out of the list would be missing from an installed harness."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    found = {"raceharness." + ".".join(init.parent.relative_to(ROOT / "harness").parts)
+             for init in (ROOT / "harness").rglob("__init__.py")}
+    found = {name.rstrip(".") for name in found}
+    assert found - listed == set()

@@ -28,6 +28,10 @@ LEFT_OUT = {
     "./run.sh harness race --n 50 --target https://staging.example.com --provider-listen "
     "0.0.0.0:9099 --dsn \"$READONLY_DSN\" --report reports/staging":
         "needs a deployment of yours",
+    "./run.sh harness race --n 50 --adapter langgraph --target http://127.0.0.1:2024 "
+    "--token unused --provider-listen 127.0.0.1:9099":
+        "needs a LangGraph server started by hand; tests/harness/adapters/"
+        "test_langgraph_target.py runs the same race against one it starts",
     "./run.sh harness conformance --faults all --matrix-dir reports/conformance":
         "about 4 minutes, and it rewrites the committed matrix",
     "./run.sh harness bench": "about 15 minutes",

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from raceharness.adapters.base import AdapterError
 from raceharness.core.history import DbSnapshot, OpType
 from raceharness.core.protocol import ACTIVE_STATUSES
 from raceharness.core.scenario import Scenario, Step
@@ -119,12 +120,17 @@ class Program:
             previous = provider.mode_for
             provider.mode_for = lambda nonce: modes.get(nonce or "", previous(nonce))
 
-    async def stop_run(self, run_id: str, role: str, instance: int = 0) -> bool | None:
-        """``/stop`` the run (bounded), recorded as a ``stop`` op with ``role``."""
+    async def stop_run(self, run_id: str, role: str, instance: int = 0,
+                       chat_id: str | None = None) -> bool | None:
+        """``/stop`` the run (bounded), recorded as a ``stop`` op with ``role``. ``chat_id``
+        (default: the trial's chat) is for adapters whose stop route names the chat."""
         self.rec.add("invoke", "stop", P_STOP, None, {"run_id": run_id, "role": role})
         try:
             with trio.fail_after(self.bound_s):
-                status, stopped = await self.ctx.services[instance].stop(run_id=run_id)
+                status, stopped = await self.ctx.services[instance].stop(
+                    run_id=run_id, chat_id=chat_id or self.state.chat_id)
+        except AdapterError:  # the target's wire is not what its adapter says: loudly
+            raise
         except Exception as exc:  # noqa: BLE001 - the target's failure is a finding
             self.rec.add("info", "stop", P_STOP, None, {"error": type(exc).__name__})
             return None
@@ -146,9 +152,13 @@ class Program:
 
 
 def stream_attr(racer: Racer, name: str) -> str | None:
-    """``run_id`` or ``chat_id`` from the racer's start frame, if it had one."""
+    """``run_id`` or ``chat_id`` from the racer's start frame, if it had one (the chat id
+    the turn was sent on when its stream names none: a chat id in the path)."""
     stream = racer.response.stream
-    return None if stream is None else getattr(stream, name)
+    value = None if stream is None else getattr(stream, name)
+    if value is None and name == "chat_id" and stream is not None:
+        return getattr(racer, "chat_id", None)
+    return value
 
 
 def winners(racers: list[Racer]) -> list[int]:

@@ -168,6 +168,7 @@ async def _open_h2(p: Program, racer_chats: list[str | None]) -> bool:
             continue
         st.h2.append(h2)
         for i, stream in zip(indices, h2.racers, strict=True):
+            stream.chat_id = racer_chats[i]
             racers[i] = stream
         if h2.note:
             log.info("h2-single-packet: %s", h2.note)

@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from raceharness.adapters.base import AdapterError
 from raceharness.core.history import OpType
 from raceharness.core.scenario import Step
 from raceharness.core.steps import Phase
@@ -50,11 +51,13 @@ async def observe_runs(p: Program, phase: Phase, chat_id: str) -> list[dict[str,
     """One ``/runs`` answer for the chat (recorded as a ``runs`` op) and, with database
     access, a snapshot, both labelled ``phase``; returns the runs listed (None: no list)."""
     runs: list[dict[str, Any]] | None = None
-    if p.ctx.target.profile.paths.runs:
+    if p.ctx.service.adapter.has_runs():
         p.rec.add("invoke", "runs", P_OBSERVE, None, {"chat_id": chat_id, "phase": phase.value})
         try:
             with trio.fail_after(p.bound_s):
                 status, runs, truncated = await p.ctx.service.runs_page(chat_id)
+        except AdapterError:  # the target's wire is not what its adapter says: loudly
+            raise
         except Exception as exc:  # noqa: BLE001 - the target's failure is a finding
             p.rec.add("info", "runs", P_OBSERVE, None,
                       {"phase": phase.value, "error": type(exc).__name__})
@@ -77,8 +80,7 @@ async def observe_until_ended(p: Program, chat_id: str, run_id: str, phase: Phas
     """Poll ``/runs`` until ``run_id`` is listed and no longer active, or ``bound_s``
     passes; record only the last answer (a terminal write may land just after the stream
     ended, so one early look would blame a correct service). Then a database snapshot."""
-    paths = p.ctx.target.profile.paths
-    if not paths.runs:
+    if not p.ctx.service.adapter.has_runs():
         await final_run(p, P_OBSERVE, chat_id, phase, bound_s, run_id)
         await snapshot(p, chat_id, phase)
         return
@@ -91,6 +93,8 @@ async def observe_until_ended(p: Program, chat_id: str, run_id: str, phase: Phas
             try:
                 with trio.fail_after(p.bound_s):
                     status, runs, truncated = await p.ctx.service.runs_page(chat_id)
+            except AdapterError:  # the target's wire is not what its adapter says: loudly
+                raise
             except Exception as exc:  # noqa: BLE001 - no answer yet: poll within the bound
                 answer["error"] = type(exc).__name__
             else:

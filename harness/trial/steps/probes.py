@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from raceharness.adapters.aichat import AiChatAdapter
 from raceharness.core.scenario import Step
 from raceharness.core.steps import Phase
 from raceharness.trial.context import race_text, turn_body
@@ -35,6 +36,7 @@ async def foreign_user(p: Program, call: Step) -> None:
     chat_id, run_id = p.state.chat_id, p.state.winner_run_id()
     if other is None or chat_id is None:
         raise StepNotAvailable("foreign-user: needs --other-token and a chat")
+    _protocol_only(p, "foreign-user")
     paths = p.ctx.target.profile.paths
     nonce = p.ctx.nonce("foreign")
     await observe(p, _observe(Phase.BEFORE_FOREIGN))
@@ -62,6 +64,7 @@ async def foreign_user(p: Program, call: Step) -> None:
 
 @step("bad-inputs")
 async def bad_inputs(p: Program, call: Step) -> None:
+    _protocol_only(p, "bad-inputs")
     chat_id = p.state.chat_id
     nonce = p.ctx.nonce("bad")
     text = race_text(nonce, "bad-input")
@@ -88,6 +91,13 @@ async def bad_inputs(p: Program, call: Step) -> None:
         status = await _probe(p, "POST", paths.stream, None, authenticated=auth,
                               content=body, headers={"content-type": "application/json"})
         p.rec.add("ok" if status else "info", "probe", P_PROBE + k, nonce, {"status": status})
+
+
+def _protocol_only(p: Program, name: str) -> None:
+    """The probes are protocol.md's request shapes: other adapters have no such routes."""
+    if not isinstance(p.ctx.service.adapter, AiChatAdapter):
+        raise StepNotAvailable(f"{name}: its probes are protocol.md's requests; adapter "
+                               f"{p.ctx.service.adapter.name} speaks another wire")
 
 
 async def _probe(p: Program, method: str, path: str, token: str | None, **kwargs: Any) -> int:

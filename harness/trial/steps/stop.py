@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from raceharness.core.scenario import Step
 from raceharness.core.steps import Phase
+from raceharness.trial.context import settle_terminal
 from raceharness.trial.steps.base import P_HOLDER, P_STOP, Program, step, stream_attr, winners
 from raceharness.trial.steps.observe import observe_until_ended
 
@@ -59,6 +62,18 @@ async def release_provider(p: Program, call: Step) -> None:
         p.ctx.provider.release_all()
 
 
+async def settle_terminals(p: Program, racers: list[Any]) -> None:
+    """Streams that ended without a terminal frame (an adapter whose streams end with the
+    run's status): the terminal their runs' statuses stand for, before they are recorded."""
+    if p.ctx.service.adapter.stream_end != "status":
+        return
+    with trio.move_on_after(p.bound_s):
+        async with trio.open_nursery() as nursery:
+            for racer in racers:
+                if racer.response.status == 200:
+                    nursery.start_soon(settle_terminal, p.ctx.service, racer)
+
+
 @step("drain")
 async def drain(p: Program, call: Step) -> None:
     st = p.state
@@ -69,6 +84,9 @@ async def drain(p: Program, call: Step) -> None:
                 await racer.finished.wait()
         if st.holder is not None:
             await st.holder.finished.wait()
+    await settle_terminals(p, [r for i, r in enumerate(st.racers)
+                               if i not in st.failed and i not in st.recorded]
+                           + ([st.holder] if st.holder is not None else []))
     for i in range(len(st.racers)):
         p.record_racer(i)
     if st.holder is not None and st.holder.response.status is not None \

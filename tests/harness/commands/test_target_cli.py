@@ -117,7 +117,8 @@ def test_endpoint_of_an_http_url(url: str, expected: tuple[str, str, int]) -> No
 def test_an_http_endpoint_has_no_tls_and_a_prefix() -> None:
     target = Target("http://example.test:8080/prefix/", token="t")
     assert (target.endpoint(), target.prefix) == (
-        Endpoint("http", "example.test", 8080, None), "/prefix")
+        Endpoint("http", "example.test", 8080, None, wire=target.profile.adapter), "/prefix")
+    assert target.endpoint().wire.name == "ai-chat"  # type: ignore[union-attr]
 
 
 def test_insecure_https_does_not_verify() -> None:
