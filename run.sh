@@ -176,8 +176,13 @@ else
 fi
 
 case "$cmd" in
+    # two workers (pytest-xdist), a test file each at a time: most tests wait on a service,
+    # not on a core; RACEHARNESS_TEST_WORKERS=0 runs them in this process, one by one
     test) ensure_system_postgres; ensure_pgbouncer; ensure_langgraph
-          cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
+          workers="${RACEHARNESS_TEST_WORKERS:-2}"
+          parallel=()
+          [[ "$workers" != 0 ]] && parallel=(-n "$workers" --dist loadfile)
+          cd "$ROOT" && exec "$VENV/bin/python" -m pytest "${parallel[@]}" "$@" ;;
     # the caller's folder: a relative --report DIR or --profile FILE means what it says
     harness) [[ " $* " == *" --pooler"* ]] && ensure_pgbouncer
              exec "$VENV/bin/harness" "$@" ;;

@@ -32,14 +32,13 @@ the protocol's values::
     lease_s = 30                    # scenarios that rely on one run only when it is declared
     heartbeat_s = 5
 
-    [control]                       # optional: how the harness may break and heal the
-    kill = "..."                    # deployment (shell commands, instance URLs): see
-    start = "..."                   # net/control_spec.py and examples/control/
-
 ``[conflict]`` is what every checker recognises as a conflict (``race/losers-409``,
 ``chats/*``, ``recovery/lease-reclaims``); the engine records it in each trial's meta
 (``conflict``), and the racers read the holder's id from the ``holder`` field of an error body.
 With ``code`` and ``holder`` both ``""`` the answer need not be JSON.
+
+An optional ``[control]`` section tells the harness how to break and heal the deployment
+(shell commands, instance URLs): ``net/control_spec.py`` and ``examples/control/``.
 
 Errors name the file, the field and the value.
 """
