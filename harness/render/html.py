@@ -92,6 +92,19 @@ def _scenario_table(report: Mapping[str, Any]) -> str:
     return "".join(rows) + "</table>"
 
 
+def _not_checkable(report: Mapping[str, Any]) -> str:
+    """The properties the target's adapter gives no evidence for, with why (not checked)."""
+    lacks = report.get("not_checkable") or {}
+    if not lacks:
+        return ""
+    adapter = (report.get("adapter") or {}).get("name", "?")
+    rows = [f"<h2>Not checkable through adapter {esc(adapter)}</h2><table><tr><th>property"
+            "</th><th>why</th></tr>"]
+    rows += [f"<tr><td><code>{esc(prop)}</code></td><td>{esc(why)}</td></tr>"
+             for prop, why in lacks.items()]
+    return "".join(rows) + "</table>"
+
+
 def _trials_table(summaries: Sequence[Mapping[str, Any]]) -> str:
     rows = ["<table><tr><th>trial</th><th>seed</th><th>verdict</th><th>statuses</th>"
             "<th>winners</th><th>release spread</th><th>arrival spread</th>"
@@ -223,6 +236,7 @@ def render_html(report: Mapping[str, Any], trials: Sequence[Trial]) -> str:
         f"{esc(ms(spread.get('max')))}{arrival_line}.</p>",
         _reproduce(report.get("reproduce")),
         "<h2>Properties</h2>", _property_table(report), _scenario_table(report),
+        _not_checkable(report),
         "<h2>Trials</h2>", _trials_table(summaries),
         "<h2>Timelines</h2>", _legend(),
         '<p class="muted">Times in ms from the release (the last bytes sent). The racers\' span '

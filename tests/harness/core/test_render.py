@@ -749,3 +749,17 @@ def test_the_timeline_is_total_on_arbitrary_histories(trials: list[Trial]) -> No
     page = render_html(report, trials)
     assert page.count("<svg class=\"timeline\"") == sum(1 for t in trials if t.ops)
     assert external_references(page) == []
+
+
+def test_properties_not_checkable_through_the_adapter_are_listed_with_why() -> None:
+    """A target's adapter that gives no evidence for a property: summary.md and report.html
+    name it and the reason, so nobody reads its absence as a pass."""
+    report = {**report_of(*three_trials()), "adapter": {"name": "langgraph"},
+              "not_checkable": {"race/holder-named": "its 409 names no holder"}}
+    summary = render_markdown(report)
+    assert "**Not checkable through adapter langgraph** (1 property)" in summary
+    assert "- race/holder-named: its 409 names no holder" in summary
+    html = render_html(report, three_trials())
+    assert "Not checkable through adapter langgraph" in html
+    assert "its 409 names no holder" in html
+    assert "Not checkable" not in render_markdown(report_of(*three_trials()))
