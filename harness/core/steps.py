@@ -169,6 +169,24 @@ _SPECS: tuple[StepSpec, ...] = (
              "answers and no run of it is active",
              (_arg("within_s", int, "the bound", 30),),
              requires=frozenset({"db-control"}), records=(Phase.RECOVERED,)),
+    StepSpec("postgres-restart", "restart the Postgres cluster the embedded stack started "
+             "(fast: pg_ctl restart -m fast; immediate, or anything to do while it is down: "
+             "pg_ctl stop -m MODE, then pg_ctl start); the database is back when it ends", (
+                 _arg("mode", str, "the shutdown: fast (backends terminated, a checkpoint) or "
+                      "immediate (every process killed: crash recovery at the start)", "fast",
+                      choices=("fast", "immediate")),
+                 _arg("at", str, "now, or gate: N turns held inside the gate first (each "
+                      "must get 503)", "now", choices=("now", "gate")),
+                 _arg("while_down", str, "what happens while the server is stopped: "
+                      "nothing, N turns (each must get 503), or drain (the streams end and "
+                      "their terminal writes meet it stopped)", "nothing",
+                      choices=("nothing", "turns", "drain")),
+                 _arg("n", int, "turns in the gate, and turns while it is down",
+                      derived="the scenario's n (--n)"),
+             ), requires=frozenset({"db-control"})),
+    StepSpec("wait-recovered", "observe the chat until the service answers and no run of it "
+             "is active (bounded); recorded as the recovered observation",
+             (_arg("within_s", int, "the bound", 30),), records=(Phase.RECOVERED,)),
     StepSpec("hold-past", "keep the winner held past several heartbeats and one lease (needs "
              "the service's heartbeat and lease)",
              (_arg("intervals", int, "heartbeats held (at least the lease + 2 heartbeats)", 3),)),

