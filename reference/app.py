@@ -25,7 +25,8 @@ from raceharness.reference import store
 from raceharness.reference.arrival import ArrivalTimestamps
 from raceharness.reference.auth import Authenticator, bearer_token
 from raceharness.reference.faults import Fault
-from raceharness.reference.gate import Gate, prepare_connection
+from raceharness.reference.gate import Gate
+from raceharness.reference.gate_sql import prepare_connection
 from raceharness.reference.metrics import Metrics
 from raceharness.reference.openapi import OPENAPI
 from raceharness.reference.provider import ProviderClient
@@ -40,6 +41,7 @@ from raceharness.reference.turn_input import parse_turn
 from raceharness.reference.web import (
     HttpError,
     bad_request,
+    begin_failed,
     forbidden,
     ok,
     parse_uuid,
@@ -70,7 +72,12 @@ async def _own_chat(rt: Runtime, chat_id: UUID, user_id: UUID) -> None:
 
 async def stream(request: Request) -> Response:
     rt = _rt(request)
-    user_id = await _user(request)
+    try:
+        user_id = await _user(request)
+    except (psycopg.Error, OSError) as exc:  # the token's lookup needs the database:
+        # a turn that cannot begin is refused as one (protocol §2.4), not as A_UNAVAILABLE
+        log.error("database error authenticating a turn: %s", type(exc).__name__)
+        raise begin_failed() from None
     turn = parse_turn(await read_json_object(request, rt.settings.max_body_bytes))
     run = await start_turn(rt, user_id, turn)
     return RunStreamResponse(run, rt.registry, rt.settings)

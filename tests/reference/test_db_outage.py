@@ -335,3 +335,23 @@ async def test_the_pool_check_works_on_descriptors_past_1024(pg_dsn: str) -> Non
         for r, w in pipes:
             os.close(r)
             os.close(w)
+
+
+@pytest.mark.anyio
+async def test_a_turn_whose_token_must_be_looked_up_during_an_outage_is_refused_as_a_begin(
+        pg_cluster: PostgresCluster, pg_dsn: str, users: dict[str, str]) -> None:
+    """A token not in the auth cache needs the database: during an outage the turn is
+    refused 503 A_RUN_BEGIN_FAILED like any turn that cannot begin (protocol §2.4), never
+    the generic A_UNAVAILABLE, and no provider call is made."""
+    provider = FakeProvider()
+    settings = make_settings(pg_dsn, pool_timeout_s=1.0)
+    async with running_reference(settings, provider) as ref, \
+            httpx.AsyncClient(timeout=30) as client:
+        api = Api(client, ref.url, users["alice"])
+        first = await api.turn("before the outage")  # alice's token is now cached
+        assert first.status == 200
+        bob = next(token for name, token in users.items() if name != "alice")
+        async with outage(pg_cluster, pg_dsn):
+            refused = await api.turn("uncached token during the outage", token=bob)
+            assert (refused.status, refused.body["code"]) == (503, "A_RUN_BEGIN_FAILED")
+            assert provider.calls_for("uncached token during the outage") == []
