@@ -1,4 +1,5 @@
-"""The gate: every SQL statement that creates, guards or ends a run lives here.
+"""The gate: every decision that creates, guards or ends a run, and the one mapping of its
+database errors.
 
 Theory of operation
 -------------------
@@ -21,13 +22,16 @@ retry: ``settle_retrying`` repeats one while the database is unavailable (stoppe
 terminated, the pool out of connections), so a run in flight during an outage still ends once the
 database is back.
 
-The fault switches that live here are marked ``# FAULT:``.
+The statements themselves, and the connections they run on, are :mod:`gate_sql
+<raceharness.reference.gate_sql>`'s (the run SQL is written there, once); this module picks
+them, runs them and maps psycopg's errors. The fault switches that live here are marked
+``# FAULT:``. About 400 lines, on purpose: one class, :class:`Gate`, whose guards and writes
+share its pool, its instance's lease and the claims the claim-held-open fault keeps open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
@@ -37,99 +41,15 @@ from uuid import UUID, uuid4
 
 import psycopg
 from psycopg import errors as pgerrors
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from raceharness.reference import gate_sql as sql
 from raceharness.reference.errors import RunAlreadyActiveError, RunBeginFailedError
 from raceharness.reference.faults import Fault
+from raceharness.reference.gate_sql import AsyncConn, give_back, holder_on, lent
 from raceharness.reference.schema import GATE_INDEX
 
 log = logging.getLogger(__name__)
-
-AsyncConn = psycopg.AsyncConnection[Any]
-
-_ACTIVE = "status IN ('pending', 'running')"
-
-# The reclaim and the holder lookup are two statements on purpose: a reclaim that waited on the
-# row lock of a concurrent reclaim (or the owner's late settle) must look for the holder in a new
-# snapshot, or it reports the run that was just ended as the chat's active run.
-#
-# %(live)s: the runs of the chat this instance is still driving (never empty: the nil uuid pads
-# it, so every execution binds one parameter type and reuses one prepared plan). They are never
-# reclaimed here, whatever their lease says: a lease lapses while its owner lives when the
-# database was out for longer than the lease (the heartbeat could not renew it). Reclaiming
-# one would let this very turn win while the old run still streams, untracked, until the next
-# heartbeat finds its row ended. Its lease is renewed instead, so no other instance reclaims it.
-_ADMIT = f"""
-WITH owner AS (
-    SELECT creator_id FROM ai_chats WHERE id = %(chat_id)s AND deleted_at IS NULL
-), allowed AS (
-    SELECT %(user_id)s::uuid IS NULL
-           OR EXISTS (SELECT 1 FROM owner WHERE creator_id = %(user_id)s::uuid) AS ok
-), reclaimed AS (
-    UPDATE ai_chat_runs
-       SET status = 'aborted', error = 'lease expired',
-           finished_at = now(), updated_at = now()
-     WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND lease_expires_at < now()
-       AND NOT (id = ANY(%(live)s::uuid[])) AND (SELECT ok FROM allowed)
- RETURNING id, assistant_message_id
-), renewed AS (
-    UPDATE ai_chat_runs
-       SET lease_expires_at = now() + make_interval(secs => %(lease_s)s::float8),
-           updated_at = now()
-     WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND lease_expires_at < now()
-       AND id = ANY(%(live)s::uuid[]) AND (SELECT ok FROM allowed)
-), aborted_messages AS (
-    UPDATE ai_chat_messages SET status = 'aborted', updated_at = now()
-     WHERE id IN (SELECT assistant_message_id FROM reclaimed) AND status = 'streaming'
-)
-SELECT (SELECT creator_id FROM owner), (SELECT count(*) FROM reclaimed), h.id, h.expired
-  FROM (SELECT 1) AS one
-  LEFT JOIN LATERAL (
-       SELECT id, coalesce(lease_expires_at < now() AND NOT (id = ANY(%(live)s::uuid[])),
-                           false) AS expired
-         FROM ai_chat_runs
-        WHERE chat_id = %(chat_id)s AND {_ACTIVE} AND id NOT IN (SELECT id FROM reclaimed)
-        ORDER BY created_at DESC, id DESC LIMIT 1) AS h ON true
-"""
-
-_INSERT_RUN = """
-INSERT INTO ai_chat_runs
-       (id, chat_id, created_by, status, started_at, owner_instance, lease_expires_at)
-VALUES (%(id)s, %(chat_id)s, %(user_id)s, 'running', now(), %(instance)s,
-        CASE WHEN %(lease_s)s::float8 IS NULL THEN NULL
-             ELSE now() + make_interval(secs => %(lease_s)s::float8) END)
-RETURNING id
-"""
-
-_ACTIVE_HOLDER = f"""
-SELECT id FROM ai_chat_runs WHERE chat_id = %s AND {_ACTIVE}
- ORDER BY created_at DESC, id DESC LIMIT 1
-"""
-
-
-_NIL = UUID(int=0)
-
-
-async def prepare_connection(conn: AsyncConn) -> None:
-    """Ready a new pooled connection before it is lent (the pool's ``configure``).
-
-    Generic plans: these statements are planned once per connection, not per execution.
-    Postgres would otherwise plan the first five executions of each afresh, at about three
-    times the cost of running them. The pre-check and the holder lookup are prepared here,
-    which also fills the new backend's catalogue caches. A new backend's first pre-check
-    otherwise costs about 1.8 ms instead of 0.1 ms. On a connection lent in a burst,
-    that gap is as wide as a whole round trip. It skews who wins and slows the 409s.
-    """
-    autocommit = conn.autocommit
-    await conn.set_autocommit(True)
-    try:
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        await conn.execute(_ADMIT, {"chat_id": _NIL, "user_id": _NIL, "live": [_NIL],
-                                    "lease_s": 1.0}, prepare=True)
-        await conn.execute(_ACTIVE_HOLDER, (_NIL,), prepare=True)
-    finally:
-        await conn.set_autocommit(autocommit)
 
 
 @dataclass
@@ -212,7 +132,7 @@ class Gate:
             yield conn
         finally:
             if conn not in self._claimed:  # FAULT: claim-held-open — kept by the run's claim
-                await _give_back(self.pool, conn)
+                await give_back(self.pool, conn)
 
     async def admit(self, chat_id: UUID, user_id: UUID | None, *,
                     conn: AsyncConn | None = None) -> Admission:
@@ -227,10 +147,10 @@ class Gate:
         pre-check is only the fast path: the INSERT below is the gate.
 
         ``conn``: the turn's connection (:meth:`turn_connection`); one of the pool otherwise."""
-        async with _lent(conn, self.pool) as conn:
-            cur = await conn.execute(_ADMIT, {
+        async with lent(conn, self.pool) as conn:
+            cur = await conn.execute(sql.ADMIT, {
                 "chat_id": chat_id, "user_id": user_id,
-                "live": [_NIL, *self._drives(chat_id)], "lease_s": self.written_lease_s,
+                "live": [sql.NIL, *self._drives(chat_id)], "lease_s": self.written_lease_s,
             }, prepare=True)  # planned once per connection
             row = await cur.fetchone()
             assert row is not None
@@ -239,7 +159,7 @@ class Gate:
                 # An expired holder we did not reclaim: another reclaim (a concurrent pre-check,
                 # the reaper) held its row and has ended it since our snapshot. Look again in a
                 # new snapshot rather than report an ended run as the chat's active run.
-                cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,))
+                cur = await conn.execute(sql.ACTIVE_HOLDER, (chat_id,))
                 holder = await cur.fetchone()
                 active_id = None if holder is None else holder[0]
         if reclaimed:
@@ -274,15 +194,15 @@ class Gate:
         try:
             # Autocommit: the INSERT commits by itself (one round trip), and a loser looks up
             # the holder on the same connection instead of queueing for another.
-            async with _lent(conn, self.pool) as conn:
+            async with lent(conn, self.pool) as conn:
                 try:
-                    cur = await conn.execute(_INSERT_RUN, params, prepare=True)
+                    cur = await conn.execute(sql.INSERT_RUN, params, prepare=True)
                     row = await cur.fetchone()
                 except pgerrors.UniqueViolation as exc:
                     if (exc.diag.constraint_name == GATE_INDEX
                             and not self.faults & _CONFLICT_FAULTS):
                         try:
-                            holder = await _holder_on(conn, chat_id)
+                            holder = await holder_on(conn, chat_id)
                         except psycopg.Error:  # still a 409, only without activeRunId
                             log.exception("could not look up the holder of chat %s", chat_id)
                     raise
@@ -317,7 +237,7 @@ class Gate:
             conn = turn
             await conn.set_autocommit(False)
         try:
-            cur = await conn.execute(_INSERT_RUN, params)
+            cur = await conn.execute(sql.INSERT_RUN, params)
             row = await cur.fetchone()
         except BaseException as exc:
             await conn.rollback()
@@ -342,8 +262,8 @@ class Gate:
 
         ``conn``: an autocommit connection to use (the turn's); one of the pool otherwise."""
         try:
-            async with _lent(conn, self.pool) as conn:
-                return await _holder_on(conn, chat_id)
+            async with lent(conn, self.pool) as conn:
+                return await holder_on(conn, chat_id)
         except psycopg.Error:
             log.exception("could not look up the active holder of chat %s", chat_id)
             return None
@@ -381,7 +301,7 @@ class Gate:
             log.exception("commit of held claim %s failed", claim.run_id)
         finally:
             self._claimed.discard(conn)
-            await _give_back(self.pool, conn)
+            await give_back(self.pool, conn)
 
     # -- terminal writes --------------------------------------------------------------------
 
@@ -389,26 +309,18 @@ class Gate:
                      message_id: UUID | None, message_status: str, step_count: int,
                      stop_requested: bool) -> bool:
         """Write the run's terminal status and its message; True iff this call ended the run."""
-        cas = "" if Fault.LATE_WRITE_OVERWRITES in self.faults else f" AND {_ACTIVE}"
+        # FAULT: late-write-overwrites — the terminal writes without their status checks.
+        late = Fault.LATE_WRITE_OVERWRITES in self.faults
         async with self.connection(claim) as conn:
             cur = await conn.execute(
-                f"""UPDATE ai_chat_runs
-                       SET status = %(status)s, error = %(error)s, step_count = %(steps)s,
-                           finished_at = now(), updated_at = now(),
-                           stop_requested_at = CASE WHEN %(stop)s
-                               THEN coalesce(stop_requested_at, now())
-                               ELSE stop_requested_at END
-                     WHERE id = %(id)s{cas}
-                 RETURNING id""",
+                sql.SETTLE_RUN_UNGUARDED if late else sql.SETTLE_RUN,
                 {"status": status, "error": error, "steps": step_count,
                  "stop": stop_requested, "id": claim.run_id},
             )
             ended = await cur.fetchone() is not None
             if ended and message_id is not None:
-                msg_cas = "" if cas == "" else " AND status = 'streaming'"
                 await conn.execute(
-                    f"""UPDATE ai_chat_messages SET content = %s, status = %s, updated_at = now()
-                         WHERE id = %s{msg_cas}""",
+                    sql.SETTLE_MESSAGE_UNGUARDED if late else sql.SETTLE_MESSAGE,
                     (content, message_status, message_id),
                 )
         return ended
@@ -446,33 +358,20 @@ class Gate:
         async with self.pool.connection() as conn:
             if Fault.LATE_WRITE_OVERWRITES in self.faults:
                 # FAULT: late-write-overwrites — the stop writes `aborted` with no status check.
-                cur = await conn.execute(
-                    """UPDATE ai_chat_runs SET status = 'aborted', error = 'stopped by user',
-                              stop_requested_at = now(), finished_at = now(), updated_at = now()
-                        WHERE id = %s RETURNING id""", (run_id,))
+                cur = await conn.execute(sql.ABORT_ON_STOP_UNGUARDED, (run_id,))
                 return await cur.fetchone() is not None
-            cur = await conn.execute(
-                f"""UPDATE ai_chat_runs SET stop_requested_at = now(), updated_at = now()
-                     WHERE id = %s AND {_ACTIVE} AND stop_requested_at IS NULL
-                 RETURNING id""", (run_id,))
+            cur = await conn.execute(sql.MARK_STOP_REQUESTED, (run_id,))
             return await cur.fetchone() is not None
 
     async def abort_orphan(self, run_id: UUID, reason: str) -> bool:
         """End an active run whose owner's lease expired (nobody is streaming it)."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"""UPDATE ai_chat_runs
-                       SET status = 'aborted', error = %s, finished_at = now(), updated_at = now(),
-                           stop_requested_at = coalesce(stop_requested_at, now())
-                     WHERE id = %s AND {_ACTIVE} AND lease_expires_at < now()
-                 RETURNING assistant_message_id""", (reason, run_id))
+            cur = await conn.execute(sql.ABORT_ORPHAN, (reason, run_id))
             row = await cur.fetchone()
             if row is None:
                 return False
             if row[0] is not None:
-                await conn.execute(
-                    """UPDATE ai_chat_messages SET status = 'aborted', updated_at = now()
-                        WHERE id = %s AND status = 'streaming'""", (row[0],))
+                await conn.execute(sql.ABORT_MESSAGE, (row[0],))
         return True
 
     # -- liveness -------------------------------------------------------------------------
@@ -481,14 +380,10 @@ class Gate:
         """Extend the leases of live runs; returns id -> stop requested, for rows still active."""
         if not run_ids:
             return {}
-        lease = "lease_expires_at" if Fault.NO_LEASE in self.faults else (
-            "now() + make_interval(secs => %(lease_s)s::float8)")
+        # FAULT: no-lease — the heartbeat leaves the (absent) lease as it is.
+        renew = sql.RENEW_LEASES_NO_LEASE if Fault.NO_LEASE in self.faults else sql.RENEW_LEASES
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"""UPDATE ai_chat_runs SET lease_expires_at = {lease}, updated_at = now()
-                     WHERE id = ANY(%(ids)s) AND {_ACTIVE}
-                 RETURNING id, stop_requested_at IS NOT NULL""",
-                {"ids": run_ids, "lease_s": self.written_lease_s})
+            cur = await conn.execute(renew, {"ids": run_ids, "lease_s": self.written_lease_s})
             return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def reap_expired(self, live: list[UUID] | None = None) -> list[UUID]:
@@ -498,70 +393,17 @@ class Gate:
         lease lapsed (a database outage longer than the lease stops the heartbeat too; the
         next heartbeat renews them)."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"""UPDATE ai_chat_runs
-                       SET status = 'aborted', error = 'lease expired',
-                           finished_at = now(), updated_at = now()
-                     WHERE {_ACTIVE} AND lease_expires_at < now()
-                       AND NOT (id = ANY(%(live)s))
-                 RETURNING id, assistant_message_id""", {"live": live or []})
+            cur = await conn.execute(sql.REAP_EXPIRED, {"live": live or []})
             rows = await cur.fetchall()
             msg_ids = [r[1] for r in rows if r[1] is not None]
             if msg_ids:
-                await conn.execute(
-                    """UPDATE ai_chat_messages SET status = 'aborted', updated_at = now()
-                        WHERE id = ANY(%s) AND status = 'streaming'""", (msg_ids,))
+                await conn.execute(sql.ABORT_MESSAGES, (msg_ids,))
         return [r[0] for r in rows]
 
     async def notify_stop(self, run_id: UUID) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute("SELECT pg_notify('ai_chat_run_stop', %s)", (str(run_id),))
+            await conn.execute(sql.NOTIFY_STOP, (str(run_id),))
 
 
 # Faults whose conflict path never reports the holder.
 _CONFLICT_FAULTS = frozenset({Fault.SWALLOW_UNIQUE_VIOLATION, Fault.BLANKET_500})
-
-
-async def _holder_on(conn: AsyncConn, chat_id: UUID) -> UUID | None:
-    cur = await conn.execute(_ACTIVE_HOLDER, (chat_id,), prepare=True)
-    row = await cur.fetchone()
-    return None if row is None else row[0]  # type: ignore[no-any-return]
-
-
-@asynccontextmanager
-async def _lent(conn: AsyncConn | None, pool: AsyncConnectionPool) -> AsyncIterator[AsyncConn]:
-    """``conn`` as it is (the caller's, in autocommit), or an autocommit one from the pool."""
-    if conn is not None:
-        yield conn
-        return
-    async with _autocommit(pool) as own:
-        yield own
-
-
-@asynccontextmanager
-async def _autocommit(pool: AsyncConnectionPool) -> AsyncIterator[AsyncConn]:
-    """A pooled connection in autocommit for one read-mostly statement: no BEGIN and no
-    COMMIT round trip. Put back as the pool expects it (a broken one is discarded anyway)."""
-    async with pool.connection() as conn:
-        await conn.set_autocommit(True)
-        try:
-            yield conn
-        finally:
-            if not conn.closed:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.set_autocommit(False)
-
-
-async def _give_back(pool: AsyncConnectionPool, conn: AsyncConn) -> None:
-    """Return a connection taken with ``getconn`` as the pool lends them: not in autocommit.
-    A connection left in a transaction is rolled back by the pool, a broken one discarded."""
-    if not conn.closed:
-        with contextlib.suppress(psycopg.Error):
-            await conn.set_autocommit(False)
-    await pool.putconn(conn)
-
-
-async def fetch_one_dict(conn: AsyncConn, query: str, params: Any = None) -> dict[str, Any] | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, params)
-        return await cur.fetchone()

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from psycopg.rows import dict_row
 
-from raceharness.reference.gate import AsyncConn
+from raceharness.reference.gate_sql import AsyncConn
 
 RUN_COLUMNS = ("id, chat_id, status, error, step_count, stop_requested_at, started_at, "
                "finished_at, created_at, updated_at, lease_expires_at, assistant_message_id")

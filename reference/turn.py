@@ -19,7 +19,8 @@ import psycopg
 from raceharness.reference import frames, store
 from raceharness.reference.errors import ProviderError, RunAlreadyActiveError, RunBeginFailedError
 from raceharness.reference.faults import Fault
-from raceharness.reference.gate import Admission, AsyncConn, Claim
+from raceharness.reference.gate import Admission, Claim
+from raceharness.reference.gate_sql import AsyncConn
 from raceharness.reference.provider import ProviderStream
 from raceharness.reference.runner import LiveRun
 from raceharness.reference.runtime import Runtime

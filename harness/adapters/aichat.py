@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from raceharness.adapters.base import Adapter, Conflict, StreamReader
-from raceharness.core.sse import UiStream
+from raceharness.core.ui_stream import UiStream
 
 RUNS_PAGE_LIMIT = 200  # the largest /runs page protocol.md §4 allows
 

@@ -95,7 +95,8 @@ from raceharness.adapters.spec import (
     parse_template,
 )
 from raceharness.core.protocol import ACTIVE_STATUSES
-from raceharness.core.sse import Finding, Frame, UiStream
+from raceharness.core.sse import Finding, Frame
+from raceharness.core.ui_stream import UiStream
 
 __all__ = ["TEMPLATE_KEYS", "TEMPLATE_SECTIONS", "ProfileError", "RunEventStream",
            "TemplateAdapter", "TemplateSpec", "fill", "fill_json", "parse_template"]

@@ -1,4 +1,7 @@
-"""The ``harness`` command line.
+"""The ``harness`` command line: the parser of every subcommand and the dispatch to the module
+that does the work (``commands/run.py``: race, run, conformance, scenarios;
+``commands/history.py``: check, report; ``bench``; ``soak``; ``stack/serve.py``:
+serve-reference).
 
 Exit codes (conformance.md §5): 0 all valid, 1 a property invalid, 2 usage or configuration
 error, 3 inconclusive, 4 target or environment unreachable.
@@ -11,10 +14,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from raceharness.reference.faults import VALID_FAULTS
-from raceharness.runtime import EXIT_UNREACHABLE, EXIT_USAGE, MAX_N, use_colour
+from raceharness.runtime import EXIT_UNREACHABLE, EXIT_USAGE, MAX_N
 
 
 def _fault_name(value: str) -> str:
@@ -162,8 +164,6 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host, _port(port)
-
-
 
 
 def _add_target_options(p: argparse.ArgumentParser, *, n_default: int | None,
@@ -331,10 +331,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from raceharness.soak import run_soak_command
 
         return run_soak_command(args)
-    if args.command == "check":
-        return _check(args)
-    if args.command == "report":
-        return _report(args)
+    if args.command in ("check", "report"):
+        from raceharness.commands.history import check_command, report_command
+
+        return (check_command if args.command == "check" else report_command)(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
 
@@ -361,92 +361,6 @@ def _serve_reference(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
-
-
-
-def _no_trials(path: Path) -> str:
-    """Why a file gave no trials: empty, not JSON Lines at all, or a history with none."""
-    import json
-
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-             if line.strip()]
-    if not lines:
-        return "the file is empty (a history.jsonl written by --report DIR has one JSON " \
-               "object a line)"
-    try:
-        first = json.loads(lines[0])
-    except ValueError:
-        return "not a history: line 1 is not JSON (a history.jsonl written by --report DIR " \
-               "has one JSON object a line)"
-    if not isinstance(first, dict) or first.get("kind") != "run":
-        return "not a history: line 1 is not its 'run' record"
-    return "no trials in the history (the run stopped before its first trial began)"
-
-
-def _check(args: argparse.Namespace) -> int:
-    import json
-
-    from raceharness.core.history import HistoryError
-    from raceharness.core.report import build_report, verdict_table
-    from raceharness.trial.suite import check_history
-
-    path = Path(args.history)
-    try:
-        run_meta, trials, results = check_history(path)
-    except FileNotFoundError:
-        print(f"harness check: {path}: no such file", file=sys.stderr)
-        return EXIT_USAGE
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"harness check: {path}: cannot read the history: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except HistoryError as exc:
-        print(f"harness check: {path}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not trials:
-        print(f"harness check: {path}: {_no_trials(path)}", file=sys.stderr)
-        return EXIT_USAGE
-    report = build_report(trials, results, config=run_meta,
-                          reproduce=f"harness check {path}")
-    print(json.dumps(report, indent=2) if args.json else verdict_table(report, use_colour()))
-    return int(report["exit_code"])
-
-
-def _report(args: argparse.Namespace) -> int:
-    from raceharness.core.history import HistoryError
-    from raceharness.core.report import rebuild_report, verdict_table
-    from raceharness.core.scenario import ScenarioError, catalogue
-    from raceharness.render import write_reports
-    from raceharness.trial.suite import check_history
-
-    folder = Path(args.dir)
-    path = folder / "history.jsonl"
-
-    def fail(message: str) -> int:
-        print(f"harness report: {message}", file=sys.stderr)
-        return EXIT_USAGE
-
-    try:
-        run_meta, trials, results = check_history(path)
-    except FileNotFoundError:
-        return fail(f"{path}: no such file")
-    except (OSError, UnicodeDecodeError) as exc:
-        return fail(f"{path}: cannot read the history: {exc}")
-    except HistoryError as exc:
-        return fail(f"{path}: {exc}")
-    if not trials:
-        return fail(f"{path}: {_no_trials(path)}")
-    try:
-        summaries = {name: s.summary for name, s in catalogue().items()}
-    except ScenarioError:
-        summaries = {}
-    report = rebuild_report(run_meta, trials, results, summaries)
-    try:
-        write_reports(folder, report, trials)
-    except OSError as exc:
-        return fail(f"{folder}: cannot write the reports: {exc}")
-    print(verdict_table(report, use_colour()))
-    return int(report["exit_code"])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import trio
 from raceharness.adapters.base import Adapter, StreamReader
 from raceharness.adapters.base import error_summary as _error_body_summary
 from raceharness.core.protocol import CONFLICT_HOLDER
-from raceharness.core.sse import SseParser, UiStream
+from raceharness.core.sse import SseParser
+from raceharness.core.ui_stream import UiStream
 
 MAX_ERROR_BODY = 64 * 1024
 # Linux ACKs at most this many of a connection's first segments at once (TCP_MAX_QUICKACKS),

@@ -4,7 +4,7 @@ Self-contained means no request of any kind when opened: inline CSS, inline SVG,
 font, image or link by URL; a Content-Security-Policy of ``default-src 'none'`` makes the
 browser refuse any that slipped in. Drawn: the first :data:`FIRST_TRIALS` trials and every
 invalid one, at most :data:`MAX_DRAWN` in all (the others are in the trials table). Every string
-from the report or the history is escaped (:func:`.timeline.esc`). A value the report does not
+from the report or the history is escaped (:func:`.timeline_svg.esc`). A value the report does not
 hold is shown as "—" (a racer without an answer, counted under the status ``"None"``, as "no
 answer"), never as "None"; a property's offending ops follow its reason only when the reason
 does not list them already.
@@ -18,7 +18,8 @@ from typing import Any
 from raceharness.core.checks.turns import find_winner, turns
 from raceharness.core.history import Trial
 from raceharness.render.text import ms, ops_note, setting, verdict_word
-from raceharness.render.timeline import STATUS_COLOURS, build_timeline, esc, render_svg
+from raceharness.render.timeline import build_timeline
+from raceharness.render.timeline_svg import STATUS_COLOURS, esc, render_svg
 
 FIRST_TRIALS = 20
 MAX_DRAWN = 100

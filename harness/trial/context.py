@@ -31,6 +31,7 @@ from raceharness.adapters.base import TERMINAL_FOR_STATUS
 from raceharness.core.history import HistoryWriter, Op, OpType
 from raceharness.core.protocol import default_losers_fast_bound_ms
 from raceharness.net.http1 import Racer
+from raceharness.net.race_request import RaceRequest
 from raceharness.net.target import Target
 from raceharness.shell.fake_provider import FakeProvider
 from raceharness.shell.observe import DbObserver, ServiceClient
@@ -104,13 +105,16 @@ class TrialContext:
     trial_no: int
     seed: int
     writer: HistoryWriter | None = None
-    racers: list[Racer] = field(default_factory=list)
+    racers: list[RaceRequest] = field(default_factory=list)  # the trial's, once it ended
     targets: list[Target] = field(default_factory=list)    # several instances (multi-instance)
     services: list[ServiceClient] = field(default_factory=list)
     control: Any = None  # the embedded service (kill, restart, database failures) or None
     # The service settings the scenario assumes (scenario.SERVICE_SETTINGS), with the values
     # in force: the scenario's own on the embedded stack, the declared ones on a target.
     settings: dict[str, float] = field(default_factory=dict)
+    # Runs this trial needs stop no more: a /stop it sent was answered, or its cleanup saw
+    # them listed as no longer active. The last pass (program.stop_leftovers) leaves them be.
+    settled_runs: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.targets = self.targets or [self.target]
@@ -139,12 +143,13 @@ def turn_request(target: Target, text: str, chat_id: str | None
             [("content-type", "application/json"), *extra, *target.auth_headers()], body)
 
 
-async def settle_terminal(service: ServiceClient, racer: Racer, bound_s: float = 5.0) -> None:
+async def settle_terminal(service: ServiceClient, racer: RaceRequest,
+                          bound_s: float = 5.0) -> None:
     """For a target whose streams end without a terminal frame (its adapter's ``stream_end``
     is ``status``): once a 200 stream ended, the terminal its run's status stands for (read
     from the target, bounded; left None while the run is still active or cannot be read)."""
     stream = racer.response.stream
-    chat_id = getattr(racer, "chat_id", None) or (stream.chat_id if stream else None)
+    chat_id = racer.chat_id or (stream.chat_id if stream else None)
     if (service.adapter.stream_end != "status" or stream is None or stream.terminal
             or not stream.run_id or not chat_id or racer.response.end_ns is None):
         return

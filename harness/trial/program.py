@@ -1,6 +1,14 @@
 """One trial of a scenario: its steps (``steps/``, dispatched by name through the registry),
 then the drain and the cleanup; the evidence returned as a :class:`Trial`.
 
+The end of a trial is owned here, in two passes over disjoint runs, so that it stops no run
+twice and leaves none running even when the steps failed or were cancelled: the cleanup
+(recorded in the history) lists each of the trial's chats and stops every run still active
+there; then :func:`stop_leftovers` stops the runs the racers started that nothing has settled
+(``TrialContext.settled_runs``: a /stop of the trial was answered, or the cleanup listed the run
+as ended), and closes the racers. A run a step stopped is stopped again only by the cleanup,
+and only while the service still lists it as active.
+
 The racers' response readers live in one nursery for the whole trial, so a burst's answers keep
 arriving while later steps observe, stop or disconnect. Every wait is bounded; nothing is
 retried. Steps that need a capability the target lacks never run: the scenario is skipped
@@ -9,6 +17,7 @@ before its first trial (see ``suite.py``).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
@@ -19,12 +28,14 @@ from raceharness.core.scenario import Scenario, Step
 from raceharness.core.steps import Phase
 from raceharness.trial.context import Recorder, TrialContext, losers_fast_bound_ms
 from raceharness.trial.steps import Program, StepNotAvailable, TrialState
-from raceharness.trial.steps.base import ACTIVE, P_CLEANUP
+from raceharness.trial.steps.base import ACTIVE, P_CLEANUP, stream_attr
 from raceharness.trial.steps.long_hold import hold_past_s
 from raceharness.trial.steps.observe import run_end_bound_s
 
 __all__ = ["Program", "StepNotAvailable", "TrialState", "hold_past_s", "planned_wait_s",
-           "run_end_bound_s", "run_scenario_trial"]
+           "run_end_bound_s", "run_scenario_trial", "stop_leftovers"]
+
+log = logging.getLogger(__name__)
 
 
 def planned_wait_s(scenario: Scenario, settings: dict[str, float], answer_s: float) -> float:
@@ -42,7 +53,9 @@ def planned_wait_s(scenario: Scenario, settings: dict[str, float], answer_s: flo
 
 async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
                              shared: dict[str, Any]) -> Trial:
-    """One trial of ``scenario``: its steps, then cleanup; returns the evidence."""
+    """One trial of ``scenario``: its steps, then the drain and the cleanup, then every run
+    its racers may have left active stopped (shielded, bounded), even when the steps failed or
+    were cancelled; returns the evidence."""
     cfg = ctx.config
     rec = Recorder(ctx.trial_no, ctx.writer)
     meta: dict[str, Any] = {
@@ -70,6 +83,8 @@ async def run_scenario_trial(ctx: TrialContext, scenario: Scenario,
     finally:
         if not ended and ctx.writer is not None:  # cut off (Ctrl-C, a crash): say so
             ctx.writer.trial_start({"trial": ctx.trial_no, "interrupted": True})
+        with trio.CancelScope(shield=True):
+            await stop_leftovers(ctx)
 
 
 async def _steps(ctx: TrialContext, scenario: Scenario, shared: dict[str, Any], rec: Recorder,
@@ -116,7 +131,8 @@ async def _steps(ctx: TrialContext, scenario: Scenario, shared: dict[str, Any], 
 async def _cleanup(program: Program) -> None:
     """Record what the service lists for each of the trial's chats (phase ``cleanup``: the
     evidence that every run the trial saw is one the service reports), then stop every run
-    still active there (bounded; recorded)."""
+    still active there (bounded; recorded). A run listed as ended, or stopped here, is
+    settled: :func:`stop_leftovers` does not stop it again."""
     ctx, st = program.ctx, program.state
     if not ctx.service.adapter.has_runs():
         return
@@ -137,5 +153,30 @@ async def _cleanup(program: Program) -> None:
                             {"phase": Phase.CLEANUP.value, "status": status, "runs": runs or [],
                              "truncated": truncated})
             for run in runs or []:
-                if run.get("status") in ACTIVE and run.get("id"):
-                    await program.stop_run(str(run["id"]), "cleanup")
+                if not run.get("id"):
+                    continue
+                if run.get("status") in ACTIVE:
+                    await program.stop_run(str(run["id"]), "cleanup")  # settles it if answered
+                else:
+                    ctx.settled_runs.add(str(run["id"]))
+
+
+async def stop_leftovers(ctx: TrialContext) -> None:
+    """The last pass: stop every run this trial's racers started that nothing has settled
+    (the cleanup could not list it, or its /stop was not answered), bounded and best effort,
+    then close every racer. Not recorded: the trial's history has ended."""
+    run_ids = {r.response.stream.run_id: stream_attr(r, "chat_id") for r in ctx.racers
+               if r.response.stream is not None and r.response.stream.run_id
+               and r.response.stream.run_id not in ctx.settled_runs}
+    if ctx.provider is not None:
+        ctx.provider.release_all()
+    with trio.move_on_after(5):
+        for run_id, chat_id in run_ids.items():
+            try:
+                await ctx.service.stop(run_id=run_id, chat_id=chat_id)
+            except Exception:  # noqa: BLE001 - best effort, the lease reclaims the rest
+                log.warning("could not stop run %s during cleanup", run_id)
+                continue
+            ctx.settled_runs.add(run_id)
+    for racer in ctx.racers:
+        await racer.aclose()

@@ -22,12 +22,12 @@ import trio
 
 from raceharness.core.checks.base import CheckResult, worst
 from raceharness.core.history import HistoryWriter, Trial
-from raceharness.core.properties import SINGLE_CHAT_RACE, check_trial
+from raceharness.core.properties import check_trial
 from raceharness.core.report import build_report
 from raceharness.core.scenario import SERVICE_SETTINGS, Scenario, catalogue
 from raceharness.net.target import Target
 from raceharness.runtime import raise_on_signal, single_error
-from raceharness.shell.control import command_control, scenario_targets
+from raceharness.shell.control import CommandControl, command_control, scenario_targets
 from raceharness.shell.fake_provider import FakeProvider
 from raceharness.shell.observe import DbObserver, ServiceClient
 from raceharness.shell.preflight import check_database, preflight_turn, server_version
@@ -35,9 +35,12 @@ from raceharness.shell.provenance import build_provenance
 from raceharness.stack.embedded import EmbeddedService, embedded_postgres, reference_service
 from raceharness.trial.context import RaceConfig, TrialContext, losers_fast_bound_ms
 from raceharness.trial.program import StepNotAvailable, planned_wait_s, run_scenario_trial
-from raceharness.trial.steps.base import stream_attr
 
 log = logging.getLogger(__name__)
+
+# One trial of a scenario, its cleanup included (program.py): what ``harness race``, ``run``,
+# ``conformance`` and ``harness bench`` run each trial with; the checkers are the caller's.
+run_trial = run_scenario_trial
 
 EMBEDDED_CAPABILITIES = frozenset({"provider", "db", "other-token", "service-control",
                                    "db-control", "multi-instance"})
@@ -193,6 +196,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
                     skipped[scenario.name] = why_not
                     continue
                 async with AsyncExitStack() as per_scenario:
+                    control: EmbeddedService | CommandControl | None
                     if embedded:
                         assert provider is not None and cluster is not None
                         service: EmbeddedService = await per_scenario.enter_async_context(
@@ -373,49 +377,3 @@ def _scenario_verdict(name: str, trials: list[Trial], results: list[dict[str, Ch
     verdicts = [r.verdict for t, res in zip(trials, results, strict=True)
                 if t.meta.get("scenario") == name for r in res.values()]
     return worst(verdicts)
-
-
-async def run_trial(ctx: TrialContext, scenario: Scenario, shared: dict[str, Any]) -> Trial:
-    """One trial of ``scenario`` on ``ctx``: its steps, then every run its racers may have
-    left active stopped (shielded, bounded), even when the steps failed or were cancelled.
-    ``harness race``/``run``/``conformance`` and ``harness bench`` run each trial with it;
-    the checkers are the caller's."""
-    try:
-        return await run_scenario_trial(ctx, scenario, shared)
-    finally:
-        with trio.CancelScope(shield=True):
-            await stop_leftovers(ctx)
-
-
-async def stop_leftovers(ctx: TrialContext) -> None:
-    """Stop every run this trial's racers started that may still be active (bounded)."""
-    run_ids = {r.response.stream.run_id: stream_attr(r, "chat_id") for r in ctx.racers
-               if r.response.stream is not None and r.response.stream.run_id}
-    if ctx.provider is not None:
-        ctx.provider.release_all()
-    with trio.move_on_after(5):
-        for run_id, chat_id in run_ids.items():
-            try:
-                await ctx.service.stop(run_id=run_id, chat_id=chat_id)
-            except Exception:  # noqa: BLE001 - best effort, the lease reclaims the rest
-                log.warning("could not stop run %s during cleanup", run_id)
-    for racer in ctx.racers:
-        await racer.aclose()
-
-
-def check_history(path: Path, properties: Sequence[str] | None = None
-                  ) -> tuple[dict[str, Any], list[Trial], list[dict[str, CheckResult]]]:
-    """Re-run the checkers on a saved history; each trial's scenario decides its properties."""
-    from raceharness.core.history import loads_trials
-
-    run_meta, trials = loads_trials(path.read_text(encoding="utf-8"))
-    trials = [t for t in trials if not t.meta.get("skipped")]  # a skipped scenario's start
-    known = catalogue()
-    results = []
-    for trial in trials:
-        props: Sequence[str] = properties or (
-            known[trial.meta["scenario"]].properties
-            if trial.meta.get("scenario") in known else SINGLE_CHAT_RACE)
-        lacks = trial.meta.get("not_checkable") or ()
-        results.append(check_trial(trial, [p for p in props if p not in lacks]))
-    return run_meta, trials, results

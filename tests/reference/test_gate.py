@@ -17,7 +17,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from raceharness.reference.errors import RunAlreadyActiveError, RunBeginFailedError
-from raceharness.reference.gate import Claim, Gate, PrecheckResult, prepare_connection
+from raceharness.reference.gate import Claim, Gate, PrecheckResult
+from raceharness.reference.gate_sql import prepare_connection
 from raceharness.stack.postgres import PostgresCluster
 from tests.refkit import wait_for_lock_wait
 

@@ -10,7 +10,7 @@ does not have raises :class:`StepNotAvailable` (the scenario is then skipped, no
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +21,8 @@ from raceharness.core.history import DbSnapshot, OpType
 from raceharness.core.protocol import ACTIVE_STATUSES
 from raceharness.core.scenario import Scenario, Step
 from raceharness.core.steps import SPECS
-from raceharness.net.http1 import Racer
 from raceharness.net.http2 import H2Burst
+from raceharness.net.race_request import RaceRequest
 from raceharness.trial.context import Recorder, TrialContext
 
 # The history's process ids of what is not a racer (a racer's is its index).
@@ -61,12 +61,12 @@ class TrialState:
     readers: trio.Nursery
     chat_id: str | None = None
     chats: list[str] = field(default_factory=list)
-    racers: list[Racer] = field(default_factory=list)
+    racers: list[RaceRequest] = field(default_factory=list)  # HTTP/1.1 racers or HTTP/2 streams
     nonces: list[str] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     recorded: set[int] = field(default_factory=set)
     winner: int | None = None
-    holder: Racer | None = None
+    holder: RaceRequest | None = None
     previous_run_id: str | None = None
     holder_recorded: bool = False
     snapshots: list[DbSnapshot] = field(default_factory=list)
@@ -135,6 +135,8 @@ class Program:
             self.rec.add("info", "stop", P_STOP, None, {"error": type(exc).__name__})
             return None
         self.rec.add("ok", "stop", P_STOP, None, {"status": status, "stopped": stopped})
+        if stopped is not None:  # stopped, or already ended: not to be stopped again
+            self.ctx.settled_runs.add(run_id)
         return stopped
 
     def record_racer(self, i: int) -> None:
@@ -151,17 +153,17 @@ class Program:
         st.recorded.add(i)
 
 
-def stream_attr(racer: Racer, name: str) -> str | None:
+def stream_attr(racer: RaceRequest, name: str) -> str | None:
     """``run_id`` or ``chat_id`` from the racer's start frame, if it had one (the chat id
     the turn was sent on when its stream names none: a chat id in the path)."""
     stream = racer.response.stream
     value = None if stream is None else getattr(stream, name)
     if value is None and name == "chat_id" and stream is not None:
-        return getattr(racer, "chat_id", None)
+        return racer.chat_id
     return value
 
 
-def winners(racers: list[Racer]) -> list[int]:
+def winners(racers: Sequence[RaceRequest]) -> list[int]:
     """The racers answered 200 (with headers seen), in racer order."""
     return [i for i, r in enumerate(racers) if r.response.status == 200 and r.response.headers_ns]
 

@@ -4,8 +4,7 @@ its answers awaited (cut short once race/losers-fast is settled), and the winner
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -13,6 +12,7 @@ from raceharness.core.protocol import pick_winner
 from raceharness.core.scenario import Step
 from raceharness.net.http1 import Racer, release_last_bytes
 from raceharness.net.http2 import Http2Unavailable, open_h2_burst
+from raceharness.net.race_request import RaceRequest
 from raceharness.trial.context import losers_fast_bound_ms, race_text
 from raceharness.trial.steps.base import (
     Program,
@@ -41,19 +41,20 @@ async def burst(p: Program, call: Step) -> None:
     st.nonces = [ctx.nonce(f"r{i}") for i in range(n)]
     p.provider_modes({nonce: call.arg("provider") for nonce in st.nonces})
     racer_chats = [st.chats[i // per_chat] if distinct else st.chat_id for i in range(n)]
-    st.racers = [ctx.racer(race_text(st.nonces[i], "racer"), racer_chats[i],
-                           instance=i % len(ctx.targets)) for i in range(n)]
+    h1 = [ctx.racer(race_text(st.nonces[i], "racer"), racer_chats[i],
+                    instance=i % len(ctx.targets)) for i in range(n)]
+    st.racers = list(h1)
     p.meta.update(n=n, sync=sync, release=release)
     st.h2 = []
     if sync == H2_SYNC and not await _open_h2(p, racer_chats):
         sync = "last-byte"  # the target does not speak HTTP/2: said in the log and meta
     if not st.h2:
         async with trio.open_nursery() as nursery:
-            for i, racer in enumerate(st.racers):
+            for i, racer in enumerate(h1):
                 nursery.start_soon(prepare, p, i, racer,
                                    sync == "last-byte" and release != "after-first-start")
     live = [i for i in range(n) if i not in st.failed]
-    release_ns = await _release(p, sync, release, live, delays_ms)
+    release_ns = await _release(p, sync, release, live, delays_ms, h1)
     p.meta["release_ns"] = release_ns
     sent = [ns for i in live if (ns := st.racers[i].sent_ns) is not None]
     p.meta["send_spread_ns"] = (max(sent) - min(sent)) if sent else None
@@ -146,7 +147,7 @@ async def _open_h2(p: Program, racer_chats: list[str | None]) -> bool:
     by_instance: dict[int, list[int]] = {}
     for i in range(len(st.racers)):
         by_instance.setdefault(i % len(ctx.targets), []).append(i)
-    racers: list[Any] = list(st.racers)
+    racers: list[RaceRequest] = list(st.racers)
     for k, indices in by_instance.items():
         requests = [ctx.turn_request(race_text(st.nonces[i], "racer"), racer_chats[i], k)
                     for i in indices]
@@ -178,11 +179,10 @@ async def _open_h2(p: Program, racer_chats: list[str | None]) -> bool:
     return True
 
 
-async def _release_h2(p: Program, release: str, racers: list[Any]) -> int:
+async def _release_h2(p: Program, release: str, racers: list[RaceRequest]) -> int:
     st = p.state
     if release == "after-first-start":
-        first = racers[0]
-        h2 = next(b for b in st.h2 if first in b.racers)
+        h2, first = next((b, s) for b in st.h2 for s in b.racers if s is racers[0])
         release_ns, _ = await h2.release([first])
         with trio.move_on_after(p.bound_s):
             await first.answered.wait()
@@ -209,13 +209,15 @@ async def _stop_holder_for_release(p: Program) -> None:
 
 
 async def _release(p: Program, sync: str, release: str, live: list[int],
-                   delays_ms: tuple[int, ...]) -> int:
+                   delays_ms: tuple[int, ...], h1: list[Racer]) -> int:
+    """Release the racers in ``live``: the HTTP/2 streams when the burst opened them, else
+    ``h1``'s HTTP/1.1 racers as ``sync`` says."""
     st = p.state
-    racers = [st.racers[i] for i in live]
-    for racer in racers:
-        st.readers.start_soon(racer.read_response)
+    for i in live:
+        st.readers.start_soon(st.racers[i].read_response)
     if st.h2:
-        return await _release_h2(p, release, racers)
+        return await _release_h2(p, release, [st.racers[i] for i in live])
+    racers = [h1[i] for i in live]
     if release == "after-first-start":
         release_ns = time.monotonic_ns()
         await send_whole(racers[0])
@@ -256,7 +258,7 @@ async def _send_whole_at(racer: Racer, deadline: float) -> None:
     await send_whole(racer)
 
 
-def _first_winner(racers: list[Racer]) -> int | None:
+def _first_winner(racers: Sequence[RaceRequest]) -> int | None:
     """protocol.pick_winner over the racers answered 200 (the checkers' rule, live)."""
     return pick_winner(winners(racers), won=lambda i: True,
                        tracked=lambda i: bool(stream_attr(racers[i], "run_id")),

@@ -53,13 +53,14 @@ async def late_turns(p: Program, call: Step) -> None:
     base = len(st.racers)
     nonces = [ctx.nonce(f"late{k}") for k in range(singles + n)]
     p.provider_modes({nonce: "hold" for nonce in nonces})
-    st.racers += [ctx.racer(race_text(nonce, "racer"), st.chat_id,
-                            instance=k % instances) for k, nonce in enumerate(nonces)]
+    late = [ctx.racer(race_text(nonce, "racer"), st.chat_id, instance=k % instances)
+            for k, nonce in enumerate(nonces)]  # late[k - base] is racer k
+    st.racers += late
     st.nonces += nonces
     for k in range(base, base + singles):
         if k > base and (k - base) % instances == 0:
             await trio.sleep(gap_s)  # the next phase of the heartbeat, by design
-        racer = st.racers[k]
+        racer = late[k - base]
         try:
             with trio.fail_after(ctx.config.connect_timeout_s):
                 await racer.connect()
@@ -74,12 +75,12 @@ async def late_turns(p: Program, call: Step) -> None:
     burst = list(range(base + singles, base + singles + n))
     async with trio.open_nursery() as nursery:
         for k in burst:
-            nursery.start_soon(prepare, p, k, st.racers[k], True)
+            nursery.start_soon(prepare, p, k, late[k - base], True)
     live = [k for k in burst if k not in st.failed]
     for k in live:
         st.readers.start_soon(st.racers[k].read_response)
     await trio.sleep(ctx.config.settle_ms / 1000)  # let the server take every prefix
-    release_ns, _ = await release_last_bytes([st.racers[k] for k in live])
+    release_ns, _ = await release_last_bytes([late[k - base] for k in live])
     record_invokes(p, burst, lambda _: st.chat_id, release_ns)
     await await_answers(p, live, release_ns)
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import trio
 
 from raceharness.core.scenario import Step
 from raceharness.core.steps import Phase
+from raceharness.net.race_request import RaceRequest
 from raceharness.trial.context import settle_terminal
 from raceharness.trial.steps.base import P_HOLDER, P_STOP, Program, step, stream_attr, winners
 from raceharness.trial.steps.observe import observe_until_ended
@@ -62,7 +61,7 @@ async def release_provider(p: Program, call: Step) -> None:
         p.ctx.provider.release_all()
 
 
-async def settle_terminals(p: Program, racers: list[Any]) -> None:
+async def settle_terminals(p: Program, racers: list[RaceRequest]) -> None:
     """Streams that ended without a terminal frame (an adapter whose streams end with the
     run's status): the terminal their runs' statuses stand for, before they are recorded."""
     if p.ctx.service.adapter.stream_end != "status":

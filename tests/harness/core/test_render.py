@@ -24,7 +24,8 @@ from raceharness.render.html import render_html
 from raceharness.render.junit import render_junit
 from raceharness.render.markdown import MAX_BYTES, render_markdown
 from raceharness.render.text import clean, ops_note
-from raceharness.render.timeline import FOCUS_SHARE, PLOT_W, PLOT_X, build_axis, build_timeline
+from raceharness.render.timeline import build_timeline
+from raceharness.render.timeline_svg import FOCUS_SHARE, PLOT_W, PLOT_X, build_axis
 from tests.harness.core.test_checkers import (
     LOSER_A,
     LOSER_B,

@@ -11,17 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raceharness.core.sse import (
-    DONE,
-    FINDING_CODES,
-    Finding,
-    Frame,
-    SseParser,
-    SseUsageError,
-    UiStream,
-    encode_frame,
-    parse_stream,
-)
+from raceharness.core.sse import DONE, Finding, Frame, SseParser, SseUsageError, encode_frame
+from raceharness.core.ui_stream import FINDING_CODES, UiStream, parse_stream
 
 RUN_ID = "8f14e45f-ceea-467f-a0e6-b4b2e1f2c0a1"
 CHAT_ID = "c9f0f895-fb98-4b9c-8d5b-9ad6a0c7e6d2"
