@@ -52,9 +52,11 @@ def local_postmaster_pid(dsn: str) -> int | None:
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         host = conn.info.host
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        # read while the backend lives: once the connection closes it exits, and its /proc
+        # entry with it (a race a loaded machine lost, leaving Postgres out of the CPU figures)
+        fields = None if row is None else _stat_fields(int(row[0]))
     if row is None or not (host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")):
         return None
-    fields = _stat_fields(int(row[0]))
     if fields is None:
         return None
     ppid = int(fields[1])

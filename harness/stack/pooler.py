@@ -52,6 +52,7 @@ from raceharness.stack.postgres import (
     _free_port,
     _run_as,
     _SourceFailed,
+    start_watchdog,
 )
 
 log = logging.getLogger(__name__)
@@ -66,23 +67,6 @@ READY_TIMEOUT_S = 15.0
 DEFAULT_POOL_SIZE = 20           # server connections per database (several instances share it)
 QUERY_WAIT_TIMEOUT_S = 3         # under the reference's POOL_TIMEOUT_S default (5)
 SERVER_LOGIN_RETRY_S = 0.25
-
-# Runs detached; its stdin is a pipe from us. EOF (we closed it, or died) => stop PgBouncer and
-# remove the temp dir, unless close() already did.
-_WATCHDOG = r"""
-cat >/dev/null 2>&1
-d="$1"
-[ -d "$d" ] || exit 0
-alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
-pid=$(head -n 1 "$d/pgbouncer.pid" 2>/dev/null) || pid=
-if [ -n "$pid" ]; then
-  kill -TERM "$pid" 2>/dev/null
-  i=0
-  while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-  kill -KILL "$pid" 2>/dev/null
-fi
-rm -rf "$d"
-"""
 
 
 class PoolerUnavailable(PostgresUnavailable):
@@ -260,10 +244,7 @@ def start_pgbouncer(cluster: PostgresCluster, *, pool_size: int = DEFAULT_POOL_S
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(tempdir, entry.pw_uid, entry.pw_gid)
-    watchdog = subprocess.Popen(
-        ["/bin/sh", "-c", _WATCHDOG, "rh-pgbouncer-watchdog", str(tempdir)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+    watchdog = start_watchdog(tempdir, "pgbouncer.pid", "TERM", "rh-pgbouncer-watchdog")
     bouncer = PgBouncer(port=0, user=upstream["user"], version=version,
                         upstream=f"{upstream['host']}:{upstream['port']}", tempdir=str(tempdir))
     bouncer._finalizer = weakref.finalize(bouncer, _stop, tempdir, watchdog)

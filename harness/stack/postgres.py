@@ -62,22 +62,34 @@ _CONTAINER_IMAGE = "postgres:16-alpine"
 _PREPARED_TRANSACTIONS = 4  # max_prepared_transactions of a cluster started here
 _PGBIN_CACHE = "/tmp/raceharness-pgbin-{version}"  # copy of the wheel's binaries, when needed
 _SKIP_IN_COPY = {".": ["include"], "share": ["doc"]}  # not needed to run a server: fewer files
-# Runs detached; its stdin is a pipe from us. EOF (we closed it, or died) => kill the postmaster
-# and remove the temp dir, unless close() already did.
+# Runs detached; its stdin is a pipe from us. EOF (we closed it, or died) => signal the process
+# named by the pid file (a server the harness started: the postmaster, PgBouncer), wait for it
+# (bounded), and remove the temp dir, unless close() already did. $1 the temp dir, $2 the pid
+# file in it, $3 the signal.
 _WATCHDOG = r"""
 cat >/dev/null 2>&1
 d="$1"
 [ -d "$d" ] || exit 0
 alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
-pid=$(head -n 1 "$d/data/postmaster.pid" 2>/dev/null) || pid=
+pid=$(head -n 1 "$d/$2" 2>/dev/null) || pid=
 if [ -n "$pid" ]; then
-  kill -QUIT "$pid" 2>/dev/null
+  kill "-$3" "$pid" 2>/dev/null
   i=0
   while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i+1)); done
   kill -KILL "$pid" 2>/dev/null
 fi
 rm -rf "$d"
 """
+
+
+def start_watchdog(tempdir: Path, pid_file: str, signal: str, name: str
+                   ) -> subprocess.Popen[bytes]:
+    """A detached shell that, once our end of its stdin closes (we closed it, or died),
+    stops the server whose pid is in ``tempdir/pid_file`` with ``signal`` and removes
+    ``tempdir``: nothing the harness started outlives it."""
+    return subprocess.Popen(["/bin/sh", "-c", _WATCHDOG, name, str(tempdir), pid_file, signal],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 class PostgresUnavailable(Exception):
@@ -486,13 +498,7 @@ def _start_ephemeral(bindir: Path, source: str, max_connections: int) -> Postgre
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(tempdir, entry.pw_uid, entry.pw_gid)
-    watchdog = subprocess.Popen(
-        ["/bin/sh", "-c", _WATCHDOG, "rh-pg-watchdog", str(tempdir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    watchdog = start_watchdog(tempdir, "data/postmaster.pid", "QUIT", "rh-pg-watchdog")
     cluster = PostgresCluster(dsn="", source=source, tempdir=str(tempdir))
     cluster._finalizer = weakref.finalize(cluster, _stop, tempdir, bindir, user, watchdog)
     try:

@@ -81,10 +81,11 @@ def test_every_winner_of_a_broken_gate_is_stopped(
     no extra run streams on: /stop is judged on the winner's own run, and the turn after it
     finds the chat free (before, it met a 409 from a leftover winner or waited out the stop
     bound). The fault is still caught, by the properties that say why."""
-    code, report = run_cli(capsys, "race", "--n", "50", "--seed", "5", "--fault",
-                           "no-unique-index", "--report", str(tmp_path), "--json")
-    trial = report["trials"][0]
-    assert code == 1 and trial["winners"] >= 2
+    # three trials: on a loaded machine one trial can serialise the race (see RACY_GATE_FAULTS)
+    code, report = run_cli(capsys, "race", "--n", "50", "--seed", "5", "--trials", "3",
+                           "--fault", "no-unique-index", "--report", str(tmp_path), "--json")
+    trial = next((t for t in report["trials"] if t["winners"] >= 2), None)
+    assert code == 1 and trial is not None, [t["winners"] for t in report["trials"]]
     verdicts = {name: p["verdict"] for name, p in report["properties"].items()}
     assert verdicts["race/one-winner"] == verdicts["race/no-loser-writes"] == "invalid"
     assert verdicts["race/released"] == "valid"
@@ -92,13 +93,14 @@ def test_every_winner_of_a_broken_gate_is_stopped(
     # winner's history holds the others' turns); never a false finding against /stop.
     assert verdicts["race/winner-stoppable"] in ("valid", "unknown")
     lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
-    ops = [line for line in lines if line.get("kind") == "op"]
-    won = {op["value"]["run_id"] for op in ops if op["f"] == "turn" and op["type"] == "ok"
-           and op["value"].get("status") == 200 and op["process"] < 10000}
-    stops = [op for op in ops if op["f"] == "stop" and op["type"] == "invoke"]
-    assert {op["value"]["run_id"] for op in stops
-            if op["value"]["role"] in ("winner", "extra-winner")} == won
-    assert sum(op["value"]["role"] == "winner" for op in stops) == 1
+    for k in range(3):  # in every trial: each winner stopped, one of them as "the winner"
+        ops = [line for line in lines if line.get("kind") == "op" and line["trial"] == k]
+        won = {op["value"]["run_id"] for op in ops if op["f"] == "turn" and op["type"] == "ok"
+               and op["value"].get("status") == 200 and op["process"] < 10000}
+        stops = [op for op in ops if op["f"] == "stop" and op["type"] == "invoke"]
+        assert {op["value"]["run_id"] for op in stops
+                if op["value"]["role"] in ("winner", "extra-winner")} == won
+        assert sum(op["value"]["role"] == "winner" for op in stops) == 1
 
 
 def test_race_prints_a_verdict_table_naming_the_failed_property(
