@@ -84,13 +84,15 @@ def server_env(provider_base_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def langgraph_server(provider_base_url: str, *, workdir_parent: Path) -> Iterator[LangGraphServer]:
-    """A ``langgraph dev`` serving the example ``chat`` graph, ready (``/ok`` is 200)."""
+def langgraph_server(provider_base_url: str, *, workdir_parent: Path,
+                     port: int | None = None) -> Iterator[LangGraphServer]:
+    """A ``langgraph dev`` serving the example ``chat`` graph on ``port`` (a free one when
+    None), ready (``/ok`` is 200)."""
     command = langgraph_bin()
     workdir = Path(tempfile.mkdtemp(prefix="langgraph-", dir=workdir_parent))
     for name in EXAMPLE_FILES:
         shutil.copy2(EXAMPLE / name, workdir / name)
-    port = free_port()
+    port = free_port() if port is None else port
     log_path = workdir / "langgraph-dev.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

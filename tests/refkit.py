@@ -36,6 +36,16 @@ CONFLICT = {"statusCode": 409, "message": "An agent run is already in progress f
             "code": "A_RUN_ALREADY_ACTIVE"}
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: all bound at once, then released. (Picking one at a
+    time can give the same port twice: a port released is free again for the next pick.)"""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def completion_chunk(content: str) -> bytes:
     body = {"object": "chat.completion.chunk",
             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}

@@ -31,6 +31,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML, installed with uvicorn[standard]
 
+from tests.refkit import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "examples" / "ci"
 GATE = CI / "gate.sh"
@@ -136,7 +138,7 @@ def main_step(pg_dsn: str, users: dict[str, str], tmp_path: Path) -> tuple[str, 
     step = gate_step(job)
     env = resolve(job, step, {"HARNESS_TOKEN": users["alice"],
                               "HARNESS_OTHER_TOKEN": users["bob"]})
-    port, provider_port = free_port(), free_port()
+    port, provider_port = free_ports(2)
     here = {
         "TARGET_URL": f"http://127.0.0.1:{port}",
         "PROVIDER_LISTEN": f"127.0.0.1:{provider_port}",

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from raceharness.commands.cli import main
-from tests.langgraph_server import LangGraphServer, free_port, langgraph_server
+from tests.langgraph_server import LangGraphServer, langgraph_server
+from tests.refkit import free_ports
 
 
 @pytest.fixture(scope="module")
 def langgraph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LangGraphServer, int]]:
-    provider_port = free_port()
-    with langgraph_server(f"http://127.0.0.1:{provider_port}/v1",
+    provider_port, port = free_ports(2)  # distinct: both are bound by others later
+    with langgraph_server(f"http://127.0.0.1:{provider_port}/v1", port=port,
                           workdir_parent=tmp_path_factory.mktemp("langgraph")) as server:
         yield server, provider_port
 

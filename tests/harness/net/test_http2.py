@@ -41,7 +41,7 @@ from raceharness.net.http1 import Endpoint, Racer
 from raceharness.net.http2 import H2Burst, Http2Unavailable, open_h2_burst
 from raceharness.shell.fake_provider import FakeProvider
 from raceharness.trial.context import race_text, turn_body
-from tests.refkit import wait_until_ready
+from tests.refkit import free_ports, wait_until_ready
 
 BOUND_S = 30  # every test body is bounded; none comes near it
 STREAM_PATH = "/api/ai-chat/stream"
@@ -96,7 +96,7 @@ def start_reference(pg_dsn: str, users: dict[str, str], tmp_path: Path
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str, tls: bool = False) -> Reference:
-        port, provider_port = free_port(), free_port()
+        port, provider_port = free_ports(2)
         argv = [sys.executable, "-m", "raceharness.reference", "--port", str(port), *args]
         ca = None
         if tls:

@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from raceharness.commands.cli import main
-from tests.refkit import wait_until_ready
+from tests.refkit import free_ports, wait_until_ready
 
 
 def free_port() -> int:
@@ -47,7 +47,7 @@ def deployment(pg_dsn: str, users: dict[str, str], tmp_path: Path) -> Iterator[D
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
-    port, provider_port = free_port(), free_port()
+    port, provider_port = free_ports(2)
     env = {**os.environ, "DATABASE_URL": pg_dsn, "PROVIDER_API_KEY": PROVIDER_KEY,
            "PROVIDER_BASE_URL": f"http://127.0.0.1:{provider_port}/v1"}
     log = open(tmp_path / "raceharness.reference.log", "wb")  # noqa: SIM115

@@ -30,8 +30,8 @@ import pytest
 
 from raceharness.commands.cli import main
 from raceharness.stack.postgres import PostgresCluster
-from tests.harness.trial.test_target_trust import External, external, free_port
-from tests.refkit import wait_until_ready
+from tests.harness.trial.test_target_trust import External, external
+from tests.refkit import free_ports, wait_until_ready
 
 __all__ = ["external"]  # the fixture, shared with test_target_trust (one external reference)
 
@@ -135,8 +135,7 @@ class _PidFile:
 def _deployment(cluster: PostgresCluster, dsn: str, users: dict[str, str], folder: Path,
                 monkeypatch: pytest.MonkeyPatch, faults: tuple[str, ...] = ()
                 ) -> Iterator[Deployment]:
-    provider_port = free_port()
-    ports = [free_port(), free_port()]
+    provider_port, *ports = free_ports(3)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     for k, port in enumerate(ports):
         env = {"DATABASE_URL": dsn, "PROVIDER_API_KEY": "sk-external",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from raceharness.commands.cli import main
-from tests.refkit import wait_until_ready
+from tests.refkit import free_ports, wait_until_ready
 
 LEASE_S, HEARTBEAT_S = 3.0, 1.0
 
@@ -65,7 +65,7 @@ def external_quick_timeout(pg_dsn: str, users: dict[str, str], tmp_path: Path
 
 def _external(pg_dsn: str, users: dict[str, str], tmp_path: Path, *,
               provider_timeout_s: float) -> Iterator[External]:
-    port, provider_port = free_port(), free_port()
+    port, provider_port = free_ports(2)
     env = {**os.environ, "DATABASE_URL": pg_dsn, "PROVIDER_API_KEY": "sk-external",
            "PROVIDER_BASE_URL": f"http://127.0.0.1:{provider_port}/v1",
            "PROVIDER_READ_TIMEOUT_S": str(provider_timeout_s), "LEASE_S": str(LEASE_S),
