@@ -34,6 +34,11 @@ session connection straight to Postgres (``LISTEN_DSN``). The harness's own conn
 observations, the outage controls, the set-up — always reach Postgres itself, so an outage
 taken through them is one the pooler has to live through too: its server connections are
 terminated with every other backend of the database, and it reconnects once it is back.
+
+Why one module of ~550 lines: one embedded deployment and every control the scenarios use on it
+(kill, restart, database outages, real Postgres restarts, the held gate) act on the same
+processes and databases; the seam for a split is the database controls (outage, restart, held
+gate) apart from the processes.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ exit, and (via a watchdog process) even if this process is SIGKILLed.
 A cluster started here with ``pg_ctl`` (system binaries or the wheel's) can be stopped, started
 and restarted on the same port (``stop``/``start``/``restart``: the ``postgres-restart``
 scenarios); a server reached by a DSN, or a container, is never: ``restart_unavailable`` says why.
+Why one module of ~650 lines: it owns the whole life of a server the harness starts (finding
+binaries, initdb, the watchdog, start, stop, restart, removal), and the four sources share that
+path. The seam for a split is there (the sources' discovery in one module, the cluster's life
+in this one); it was left for a quiet session, as the restart and pooler work landed here.
 """
 
 from __future__ import annotations
