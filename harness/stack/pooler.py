@@ -52,6 +52,8 @@ from raceharness.stack.postgres import (
     _free_port,
     _run_as,
     _SourceFailed,
+    end_process,
+    remove_with_watchdog,
     start_watchdog,
 )
 
@@ -212,21 +214,8 @@ def _read_pid(tempdir: Path) -> int | None:
 def _stop(tempdir: Path, watchdog: subprocess.Popen[bytes]) -> None:
     pid = _read_pid(tempdir)
     if pid is not None:
-        deadline = time.monotonic() + 5
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if _alive(pid):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, sig)
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            deadline = time.monotonic() + 5
-    shutil.rmtree(tempdir, ignore_errors=True)
-    if watchdog.stdin is not None:
-        watchdog.stdin.close()
-    try:
-        watchdog.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        watchdog.kill()
+        end_process(pid, signal.SIGTERM)
+    remove_with_watchdog(tempdir, watchdog)
 
 
 def start_pgbouncer(cluster: PostgresCluster, *, pool_size: int = DEFAULT_POOL_SIZE,

@@ -477,14 +477,25 @@ def _stop(tempdir: Path, bindir: Path, user: str | None, watchdog: subprocess.Po
             _run([str(bindir / "pg_ctl"), *stop], user, cwd=str(tempdir), timeout=20)
         except Exception as exc:  # noqa: BLE001 - fall back to signals below
             logger.warning("pg_ctl stop failed (%s); killing postmaster %d", exc, pid)
+        end_process(pid, signal.SIGQUIT)
+    remove_with_watchdog(tempdir, watchdog)
+
+
+def end_process(pid: int, first: signal.Signals) -> None:
+    """``first``, then SIGKILL to a server process the harness started, each waited for
+    (bounded: 5 s), so it is gone when this returns (unless it survives SIGKILL)."""
+    deadline = time.monotonic() + 5
+    for sig in (first, signal.SIGKILL):
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         deadline = time.monotonic() + 5
-        for sig in (signal.SIGQUIT, signal.SIGKILL):
-            if _alive(pid):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, sig)
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            deadline = time.monotonic() + 5
+
+
+def remove_with_watchdog(tempdir: Path, watchdog: subprocess.Popen[bytes]) -> None:
+    """Remove a server's temp dir, then end its watchdog (closing its stdin lets it exit)."""
     shutil.rmtree(tempdir, ignore_errors=True)
     if watchdog.stdin is not None:
         watchdog.stdin.close()
