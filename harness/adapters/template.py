@@ -82,6 +82,7 @@ from raceharness.adapters.base import (
     Conflict,
     StreamReader,
     header_id,
+    holder_lacks,
     pointer,
 )
 from raceharness.adapters.spec import (
@@ -184,11 +185,7 @@ class TemplateAdapter(Adapter):
         self.creates_chat_by_turn = not spec.routes.create_chat
         self.client_chat_ids = spec.chats.client_ids
         self.provides = frozenset(spec.provides)
-        lacks = dict(spec.not_checkable)
-        if not conflict.holder:
-            lacks.setdefault("race/holder-named", f"adapter {spec.name}: the target's conflict "
-                             "answer names no holder")
-        self.lacks = lacks
+        self.lacks = holder_lacks(conflict, spec.not_checkable, spec.name)
         self._pattern = (re.compile(spec.stream.run_id_pattern)
                          if spec.stream.run_id_pattern else None)
 

@@ -75,6 +75,10 @@ class ServiceClient:
         resp = await self._client.request(method, path, headers=merged, **kwargs)
         return resp.status_code
 
+    async def server_version(self) -> tuple[str | None, str | None]:
+        """The server's version as the adapter reads it, and a warning when untested."""
+        return await self.adapter.server_version(self._client)
+
     async def health(self) -> int:
         return await self.adapter.health(self._client)
 

@@ -165,7 +165,7 @@ async def server_version(target: Target, bound_s: float = 10.0
     client = ServiceClient(target)
     try:
         with trio.move_on_after(bound_s):
-            return await target.profile.adapter.server_version(client._client)  # noqa: SLF001
+            return await client.server_version()
         return None, f"the target's version route did not answer within {bound_s:g} s"
     except httpx.HTTPError as exc:
         return None, f"the target's version route failed: {type(exc).__name__}"

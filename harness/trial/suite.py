@@ -25,7 +25,7 @@ from raceharness.core.history import HistoryWriter, Trial
 from raceharness.core.properties import check_trial
 from raceharness.core.report import build_report
 from raceharness.core.scenario import SERVICE_SETTINGS, Scenario, catalogue
-from raceharness.net.target import Target
+from raceharness.net.target import Profile, Target
 from raceharness.runtime import raise_on_signal, single_error
 from raceharness.shell.control import CommandControl, command_control, scenario_targets
 from raceharness.shell.fake_provider import FakeProvider
@@ -140,8 +140,7 @@ async def _run(opts: RaceOptions, scenarios: Sequence[Scenario]) -> RaceOutcome:
     skipped: dict[str, str] = {}
     embedded = opts.target is None
     available = EMBEDDED_CAPABILITIES if embedded else _target_capabilities(opts)
-    adapter = (opts.target.profile.adapter if opts.target is not None
-               else Target("http://embedded", "").profile.adapter)
+    adapter = (opts.target.profile if opts.target is not None else Profile()).adapter
     available |= adapter.provides | ({"client-chat-ids"} if adapter.client_chat_ids
                                      else frozenset())
     not_checkable: dict[str, str] = {}

@@ -41,7 +41,7 @@ from raceharness.reference.runner import UNSAVED_ERROR, LiveRun
 from raceharness.reference.settings import Settings, SettingsError
 from raceharness.stack.embedded import database_down, database_up
 from raceharness.stack.postgres import PostgresCluster
-from tests.refkit import Api, FakeProvider, make_settings, running_reference
+from tests.refkit import Api, FakeProvider, make_settings, running_reference, seed_chat
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTIVE = ("pending", "running")
@@ -128,17 +128,6 @@ async def test_pooled_connections_whose_backends_were_terminated_are_replaced_be
 
 # -- the gate and the registry -------------------------------------------------------------------
 
-def seed(dsn: str) -> tuple[UUID, UUID]:
-    """A user and a chat of theirs."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        user = conn.execute("INSERT INTO ai_users (name) VALUES ('o') RETURNING id").fetchone()
-        assert user is not None
-        chat = conn.execute("INSERT INTO ai_chats (creator_id) VALUES (%s) RETURNING id",
-                            (user[0],)).fetchone()
-        assert chat is not None
-    return user[0], chat[0]
-
-
 def run_row(dsn: str, run_id: UUID) -> tuple[str, str | None, Any]:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT status, error, lease_expires_at FROM ai_chat_runs "
@@ -163,7 +152,7 @@ async def open_gate(dsn: str, lease_s: float = 30.0) -> AsyncIterator[Gate]:
 @contextlib.asynccontextmanager
 async def claimed(dsn: str) -> AsyncIterator[tuple[Gate, Claim]]:
     """A gate on a seeded chat, and the claim of a run begun on it."""
-    user, chat = seed(dsn)
+    user, chat = seed_chat(dsn)
     async with open_gate(dsn) as gate:
         claim = await gate.begin(chat_id=chat, user_id=user)
         assert claim is not None
@@ -222,7 +211,7 @@ async def test_the_heartbeat_renews_a_run_only_while_its_task_lives_and_the_reap
     """A live run is renewed and never reaped by its own instance, even with its lease lapsed
     (an outage longer than the lease stops the heartbeat too). A run task that ends without its
     terminal write (the retries ran out) leaves the registry: no longer renewed, it is reaped."""
-    user, chat = seed(pg_dsn)
+    user, chat = seed_chat(pg_dsn)
     async with open_gate(pg_dsn) as gate:
         claim = await gate.begin(chat_id=chat, user_id=user)
         assert claim is not None

@@ -15,7 +15,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from uuid import UUID
 
 import httpx
 import psycopg
@@ -34,6 +33,7 @@ from tests.refkit import (
     RunningReference,
     make_settings,
     running_reference,
+    seed_chat,
     turn_through_gate,
 )
 
@@ -73,16 +73,6 @@ async def serve(settings: Settings, provider: FakeProvider, token: str
         yield ref, Api(client, ref.url, token)
 
 
-def seed(dsn: str) -> tuple[UUID, UUID]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        user = conn.execute("INSERT INTO ai_users (name) VALUES ('p') RETURNING id").fetchone()
-        assert user is not None
-        chat = conn.execute("INSERT INTO ai_chats (creator_id) VALUES (%s) RETURNING id",
-                            (user[0],)).fetchone()
-        assert chat is not None
-    return user[0], chat[0]
-
-
 # -- the gate through the pooler --------------------------------------------------------------
 
 async def test_concurrent_begins_through_the_pooler_have_exactly_one_winner(
@@ -91,7 +81,7 @@ async def test_concurrent_begins_through_the_pooler_have_exactly_one_winner(
     the reference configures its pool there (nothing prepared): one claim, 49 conflicts at
     the gate naming the winner."""
     n = 50
-    user, chat = seed(pg_dsn)
+    user, chat = seed_chat(pg_dsn)
     pool = AsyncConnectionPool(pooled_dsn, min_size=n, max_size=n, timeout=10, open=False,
                                kwargs={"prepare_threshold": None})
     await pool.open(wait=True, timeout=30)

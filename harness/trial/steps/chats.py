@@ -99,9 +99,8 @@ async def new_chats(p: Program, call: Step) -> None:
             chat_id = await create_chat(p, P_SETUP + 1 + i)
         results[i] = await whole_turn(p.ctx, p.rec, P_SETUP + 1 + i, f"setup{i}", chat_id,
                                       p.bound_s)
-        if chat_id is not None:
-            results[i].setdefault("chat_id", chat_id)
-            results[i]["chat_id"] = results[i]["chat_id"] or chat_id
+        if chat_id is not None:  # a chat in the path: its stream need not name it
+            results[i]["chat_id"] = results[i].get("chat_id") or chat_id
 
     async with trio.open_nursery() as nursery:
         for i in range(n):

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psycopg
@@ -22,16 +21,9 @@ import pytest
 from raceharness.commands.cli import main
 from raceharness.stack.pooler import PgBouncer, PoolerUnavailable, start_pgbouncer
 from raceharness.stack.postgres import PostgresCluster
+from tests.harness.stack.test_postgres import _alive, _wait_gone
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _pid(bouncer: PgBouncer) -> int:
@@ -103,9 +95,7 @@ def test_a_harness_killed_with_sigkill_leaves_no_pgbouncer(pg_empty_dsn: str) ->
         if child.poll() is None:
             child.kill()
             child.wait()
-    deadline = time.monotonic() + 15
-    while (os.path.exists(tempdir) or _alive(pid)) and time.monotonic() < deadline:
-        time.sleep(0.02)  # the watchdog cleans up asynchronously
+    _wait_gone(tempdir, pid)  # the watchdog cleans up asynchronously
     assert not os.path.exists(tempdir) and not _alive(pid)
 
 
